@@ -1,0 +1,26 @@
+"""Backbones, motion excitation, heads and the multi-level model (METHOD §2)."""
+
+from models.backbone import Backbone
+from models.loading import (
+    BackboneLoadError,
+    backbone_state_dict,
+    build_backbone_from_checkpoint,
+    load_pretrained_backbone,
+)
+from models.multilevel import MultiLevelModel, build_model
+from models.output import LEVELS, MultiLevelOutput
+from models.registry import NETS, build_backbone
+
+__all__ = [
+    "LEVELS",
+    "NETS",
+    "Backbone",
+    "BackboneLoadError",
+    "MultiLevelModel",
+    "MultiLevelOutput",
+    "backbone_state_dict",
+    "build_backbone",
+    "build_backbone_from_checkpoint",
+    "build_model",
+    "load_pretrained_backbone",
+]
