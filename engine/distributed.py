@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
 
 def is_distributed() -> bool:
@@ -38,6 +37,24 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """``all_gather`` whose backward all-reduces (sums) the incoming gradient over ranks and
+    returns this rank's rows: every rank's loss sends its gradient to the rows' owner."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.rows = local_rows(x.shape[0])
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rows]
+
+
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, differentiably.
 
@@ -48,13 +65,20 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed():
         return x
-    return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 def all_reduce_sum_(x: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks (identity without a process group); returns ``x``."""
     if is_distributed():
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def all_reduce_max_(x: torch.Tensor) -> torch.Tensor:
+    """In-place maximum over ranks (identity without a process group); returns ``x``."""
+    if is_distributed():
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
     return x
 
 
