@@ -1,0 +1,88 @@
+"""Shared machinery of the frame-folder datasets: the CSV, and the corrupt-frame policy.
+
+A long run must not die on one bad JPEG (METHOD §1 data sets hold hundreds of thousands of
+videos). When a sample meets a :class:`~datasets.frames.FrameError` (missing folder, missing
+frame — e.g. a CSV frame count larger than the frames on disk — or a corrupt JPEG):
+
+* ``strict=False`` (default): the video is replaced by another one — a random other index in
+  training (drawn from the torch RNG, so it stays reproducible), the next index in evaluation (so
+  a test pass stays deterministic) — the event is counted in ``dataset.skipped`` (per process:
+  every DataLoader worker keeps its own count), and a warning is issued once per video.
+* ``strict=True``: the error is fatal, naming the file, the CSV and its row.
+
+``max_retries`` consecutive failures raise a ``RuntimeError`` (a wrong ``--data_root`` should not
+spin forever).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from datasets.csv_io import read_video_csv
+from datasets.frames import FrameError
+
+
+class FrameFolderDataset(Dataset):
+    """Base class: a validated video CSV (``self.videos``) + the skip/strict policy above.
+
+    Subclasses implement ``_sample(index)``, which may raise :class:`FrameError`.
+    """
+
+    def __init__(self, csv_file: str | os.PathLike, labelled: bool, data_root: str | None = None,
+                 num_classes: int | None = None, min_frames: int = 1, strict: bool = False,
+                 validate_files: bool = False, random_fallback: bool = True,
+                 max_retries: int = 50) -> None:
+        self.csv_file = os.path.abspath(os.fspath(csv_file))
+        self.videos: pd.DataFrame = read_video_csv(
+            self.csv_file, labelled=labelled, data_root=data_root, num_classes=num_classes,
+            min_frames=min_frames, validate_files=validate_files)
+        self.paths: list[str] = self.videos["path"].tolist()
+        self.num_frames: list[int] = self.videos["num_frames"].tolist()
+        self.rows: list[int] = self.videos["row"].tolist()
+        self.strict = strict
+        self.random_fallback = random_fallback
+        self.max_retries = max_retries
+        self.skipped = 0
+        self._warned: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _sample(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Any:
+        first = index
+        for _ in range(self.max_retries):
+            try:
+                return self._sample(index)
+            except FrameError as err:
+                self._on_frame_error(err, index)
+            step = 1
+            if self.random_fallback and len(self) > 1:  # any other video, uniformly
+                step += int(torch.randint(len(self) - 1, ()))
+            index = (index + step) % len(self)
+        raise RuntimeError(f"{self.csv_file}: {self.max_retries} videos in a row failed to load "
+                           f"(starting at row {self.rows[first]}); see the warnings above. Check "
+                           "the frame folders and --data_root, or rebuild the CSV with "
+                           "scripts/build_csv.py.")
+
+    def _on_frame_error(self, err: FrameError, index: int) -> None:
+        where = f"{self.csv_file}, row {self.rows[index]}"
+        if self.strict:
+            raise FrameError(err.folder, err.index, f"{err.reason} (video of {where}). Fix: "
+                             "re-extract the video's frames, rebuild the CSV with "
+                             "scripts/build_csv.py, or run with strict=False to skip such videos"
+                             ) from err
+        self.skipped += 1
+        if err.folder not in self._warned:
+            self._warned.add(err.folder)
+            warnings.warn(f"skipping a video ({where}): {err}. It is replaced by another video "
+                          "and counted in dataset.skipped; this video will not warn again.",
+                          RuntimeWarning, stacklevel=3)

@@ -1,0 +1,104 @@
+"""Frame folders on disk (METHOD §1): ``<folder>/image_00001.jpg …``, 1-based, 5 digits.
+
+Frames are read as encoded bytes and decoded in one batched ``torchvision.io.decode_jpeg`` call
+(no PIL). Every read/decode problem surfaces as a :class:`FrameError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+
+FRAME_TEMPLATE = "image_{:05d}.jpg"
+DONE_MARKER = ".done"  # written by scripts/extract_frames.py: the frame count of a finished video
+
+
+class FrameError(RuntimeError):
+    """A frame that cannot be read or decoded.
+
+    Attributes:
+        folder: the video's frame folder.
+        index: 0-based frame index (the file is ``image_{index+1:05d}.jpg``).
+        path: the frame file.
+        reason: what went wrong.
+    """
+
+    def __init__(self, folder: str, index: int, reason: str = "unreadable") -> None:
+        self.folder = folder
+        self.index = index
+        self.path = frame_path(folder, index)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def frame_path(folder: str, index0: int) -> str:
+    """Path of the frame with 0-based index ``index0`` (on disk: ``image_%05d.jpg``, 1-based)."""
+    return os.path.join(folder, FRAME_TEMPLATE.format(index0 + 1))
+
+
+def _read_bytes(folder: str, index: int) -> torch.Tensor:
+    path = frame_path(folder, index)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        reason = "missing frame" if os.path.isdir(folder) else "frame folder does not exist"
+        raise FrameError(folder, index, reason) from None
+    except OSError as err:
+        raise FrameError(folder, index, f"cannot read ({err.strerror})") from None
+    if not data:
+        raise FrameError(folder, index, "empty file")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _reason(err: Exception) -> str:
+    """The last part of a torchvision C++ error ("decode_jpeg, <file>:<line>, <reason>")."""
+    return str(err).rsplit(", ", 1)[-1]
+
+
+def load_frames(folder: str, indices: Sequence[int]) -> torch.Tensor:
+    """Read and decode the given frames (each file once) into a uint8 tensor ``(len, 3, H, W)``.
+
+    The encoded frames are decoded in one batched ``decode_jpeg`` call; if that fails, the frames
+    are decoded one at a time to name the culprit. Grayscale/CMYK JPEGs are converted to RGB.
+
+    Raises:
+        FrameError: a frame is missing, unreadable, corrupt, or differs in size from the others.
+    """
+    index_list = [int(i) for i in indices]
+    if not index_list:
+        raise ValueError(f"{folder}: no frame indices to load")
+    encoded = [_read_bytes(folder, i) for i in index_list]
+    try:
+        images = decode_jpeg(encoded, mode=ImageReadMode.RGB)
+    except RuntimeError as batch_err:
+        for i, data in zip(index_list, encoded):
+            try:
+                decode_jpeg(data, mode=ImageReadMode.RGB)
+            except RuntimeError as err:
+                raise FrameError(folder, i, f"corrupt JPEG ({_reason(err)})") from None
+        raise FrameError(folder, index_list[0], f"batch decode failed ({_reason(batch_err)})") \
+            from None
+    shape = images[0].shape
+    for i, image in zip(index_list, images):
+        if image.shape != shape:
+            raise FrameError(folder, i, f"frame size {tuple(image.shape[1:])} differs from "
+                             f"{tuple(shape[1:])} of frame {index_list[0] + 1}")
+    return torch.stack(images)
+
+
+def load_clip(folder: str, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Load the frames ``indices`` (0-based, repeats allowed) as a uint8 clip ``(T, 3, H, W)``.
+
+    Each distinct frame is read and decoded once (a clip clipped to its last frame, or the
+    overlapping local/global clips of METHOD §1, repeat indices).
+
+    Raises:
+        FrameError: see :func:`load_frames`.
+    """
+    index = torch.as_tensor(indices, dtype=torch.long)
+    unique, inverse = torch.unique(index, return_inverse=True)
+    return load_frames(folder, unique.tolist())[inverse]

@@ -1,0 +1,56 @@
+"""The pretraining dataset (METHOD §1): ``n`` local clips + the global clip per video."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from datasets.base import FrameFolderDataset
+from datasets.frames import load_frames
+from datasets.sampling import pretrain_indices, split_clips
+from datasets.transforms import PretrainAugment
+
+
+class PretrainDataset(FrameFolderDataset):
+    """Frame-folder videos from a pretraining CSV (``path,num_frames``; METHOD §1).
+
+    One sample: a window of ``n*T`` frames at a random rate (:func:`pretrain_indices`), cut into
+    ``n`` local clips and the global clip (:func:`split_clips`); each distinct frame is decoded once,
+    then every clip is augmented independently (:class:`PretrainAugment`).
+
+    Videos with ``num_frames <= n*T`` are left out with a logged count. Corrupt/missing frames
+    follow the skip/strict policy of :mod:`datasets.base` (``.skipped`` counts them).
+
+    Args:
+        csv_file: pretraining CSV (a labelled CSV works too; its labels are ignored).
+        seq: ``T`` frames per clip (``--seq``).
+        sample: ``n`` local clips (``--sample``).
+        img_dim: output side (``--img_dim``).
+        rate: upper bound of the frame-rate factor (``--rate``).
+        data_root: folder for relative CSV paths (default: the CSV's folder).
+        strict: make corrupt/missing frames fatal.
+        validate_files: check every row's last frame up front (see :mod:`datasets.csv_io`).
+
+    ``__getitem__`` returns a float tensor ``(n+1, 3, T, img_dim, img_dim)``, global clip last.
+    """
+
+    def __init__(self, csv_file: str | os.PathLike, seq: int = 16, sample: int = 2,
+                 img_dim: int = 112, rate: float = 3.0, data_root: str | None = None,
+                 strict: bool = False, validate_files: bool = False) -> None:
+        super().__init__(csv_file, labelled=False, data_root=data_root,
+                         min_frames=seq * sample + 1, strict=strict,
+                         validate_files=validate_files, random_fallback=True)
+        if rate < 1:
+            raise ValueError(f"rate must be >= 1, got {rate}")
+        self.seq = seq
+        self.sample = sample
+        self.rate = rate
+        self.augment = PretrainAugment(img_dim)
+
+    def _sample(self, index: int) -> torch.Tensor:
+        window = pretrain_indices(self.num_frames[index], self.seq, self.sample, self.rate)
+        clips = split_clips(window, self.seq, self.sample)
+        unique, inverse = torch.unique(clips, return_inverse=True)
+        frames = load_frames(self.paths[index], unique.tolist())
+        return torch.stack([self.augment(frames[clip]) for clip in inverse])

@@ -1,0 +1,217 @@
+"""Extract the RGB frames of every video under a folder into METHOD §1 frame folders.
+
+    python scripts/extract_frames.py --src UCF-101 --dst data/ucf101/frames --short_side 128 --workers 8
+
+Every ``.mp4 .avi .mkv .webm .mov`` file below ``--src`` is decoded with PyAV (no ``ffmpeg``
+binary needed; H.264, MPEG-4/XviD, VP8/9, … — whatever the bundled FFmpeg decodes) and written as
+``<dst>/<relative path without extension>/image_00001.jpg …`` (1-based, 5 digits), resized so the
+short side is ``--short_side`` (aspect kept; 0 keeps the size) and JPEG-encoded with
+``torchvision.io.encode_jpeg``.
+
+Resumable: a finished video gets a ``.done`` file holding its frame count; videos with a
+``.done`` (and their last frame) are skipped, so a killed run continues where it stopped.
+Undecodable packets are skipped as the ``ffmpeg`` command line does. Failures are listed at the
+end and in ``<dst>/extract_failures.txt``; the exit status is 1 if any video failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import av
+import torch
+from torchvision.io import encode_jpeg
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from datasets.frames import DONE_MARKER, FRAME_TEMPLATE  # noqa: E402
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+FAILURES_FILE = "extract_failures.txt"
+_ENCODE_BATCH = 64
+
+
+class Result(NamedTuple):
+    video: str  # path relative to --src
+    status: str  # "extracted" | "skipped" | "failed"
+    frames: int
+    error: str = ""
+
+
+def find_videos(src: str) -> list[str]:
+    """Paths (relative to ``src``, sorted) of the video files below ``src``."""
+    found = []
+    for folder, dirs, files in os.walk(src):
+        dirs.sort()
+        found.extend(os.path.relpath(os.path.join(folder, name), src) for name in sorted(files)
+                     if name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith("."))
+    return found
+
+
+def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """``(width, height)`` with the short side scaled to ``short_side`` (0: unchanged)."""
+    if short_side <= 0:
+        return width, height
+    scale = short_side / min(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def read_done(folder: str) -> int | None:
+    """Frame count recorded in ``folder/.done`` if the video is complete, else None."""
+    try:
+        with open(os.path.join(folder, DONE_MARKER), encoding="utf-8") as handle:
+            count = int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+    if count > 0 and os.path.isfile(os.path.join(folder, FRAME_TEMPLATE.format(count))):
+        return count
+    return None
+
+
+def _write_batch(folder: str, first: int, images: list[torch.Tensor], quality: int) -> None:
+    for offset, data in enumerate(encode_jpeg(images, quality=quality)):
+        with open(os.path.join(folder, FRAME_TEMPLATE.format(first + offset)), "wb") as handle:
+            handle.write(data.numpy().tobytes())
+
+
+def extract_video(src_path: str, out_folder: str, short_side: int, quality: int) -> int:
+    """Decode one video into ``out_folder``; return the number of frames written.
+
+    Raises:
+        av.error.FFmpegError / OSError / ValueError: the file cannot be opened or has no frames.
+    """
+    os.makedirs(out_folder, exist_ok=True)
+    for name in os.listdir(out_folder):  # a previous, interrupted attempt
+        if name.startswith("image_") or name == DONE_MARKER:
+            os.remove(os.path.join(out_folder, name))
+    count = 0
+    pending: list[torch.Tensor] = []
+    with av.open(src_path) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        size = None
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                continue  # a corrupt packet: skip it, as the ffmpeg CLI does
+            for frame in frames:
+                if size is None:
+                    size = output_size(frame.width, frame.height, short_side)
+                rgb = frame.reformat(width=size[0], height=size[1], format="rgb24",
+                                     interpolation="AREA").to_ndarray()
+                pending.append(torch.from_numpy(rgb).permute(2, 0, 1))
+                if len(pending) == _ENCODE_BATCH:
+                    _write_batch(out_folder, count + 1, pending, quality)
+                    count += len(pending)
+                    pending = []
+    if pending:
+        _write_batch(out_folder, count + 1, pending, quality)
+        count += len(pending)
+    if count == 0:
+        raise ValueError("no decodable frames")
+    with open(os.path.join(out_folder, DONE_MARKER), "w", encoding="utf-8") as handle:
+        handle.write(f"{count}\n")
+    return count
+
+
+def _process(job: tuple[str, str, str, int, int]) -> Result:
+    rel, src, dst, short_side, quality = job
+    out_folder = os.path.join(dst, os.path.splitext(rel)[0])
+    done = read_done(out_folder)
+    if done is not None:
+        return Result(rel, "skipped", done)
+    try:
+        return Result(rel, "extracted", extract_video(os.path.join(src, rel), out_folder,
+                                                      short_side, quality))
+    except (av.error.FFmpegError, OSError, ValueError, RuntimeError) as err:
+        _remove_partial(out_folder)
+        return Result(rel, "failed", 0, f"{type(err).__name__}: {err}")
+
+
+def _remove_partial(folder: str) -> None:
+    """Delete the frames of a failed video, so no CSV picks up a half-written folder."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name.startswith("image_"):
+            os.remove(os.path.join(folder, name))
+    if not os.listdir(folder):
+        os.rmdir(folder)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Decode every video (mp4/avi/mkv/webm/mov) under --src with PyAV into "
+                    "JPEG frame folders <dst>/<relative path without extension>/image_%05d.jpg "
+                    "(METHOD §1 layout). Resumable: finished videos carry a .done marker.",
+        epilog="example: python scripts/extract_frames.py --src data/UCF-101 "
+               "--dst data/ucf101/frames --short_side 128 --workers 8")
+    parser.add_argument("--src", required=True, help="folder searched recursively for videos")
+    parser.add_argument("--dst", required=True, help="output root; the folder tree is mirrored")
+    parser.add_argument("--short_side", type=int, default=128,
+                        help="resize so the shorter side has this many pixels, aspect kept; "
+                             "0 keeps the original size (default: 128)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="parallel processes; 1 runs in this process (default: min(8, CPUs))")
+    parser.add_argument("--quality", type=int, default=90,
+                        help="JPEG quality 1-100 (default: 90)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the extraction; returns the exit status (0 = all videos extracted or skipped)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.src):
+        parser.error(f"--src {args.src} is not a folder")
+    if not 1 <= args.quality <= 100:
+        parser.error(f"--quality must be in 1..100, got {args.quality}")
+    if args.short_side < 0 or args.workers < 1:
+        parser.error("--short_side must be >= 0 and --workers >= 1")
+    src, dst = os.path.abspath(args.src), os.path.abspath(args.dst)
+    videos = find_videos(src)
+    if not videos:
+        print(f"no {'/'.join(e[1:] for e in VIDEO_EXTENSIONS)} files under {src}", file=sys.stderr)
+        return 1
+    os.makedirs(dst, exist_ok=True)
+    jobs = [(rel, src, dst, args.short_side, args.quality) for rel in videos]
+    if args.workers == 1:
+        results = [_process(job) for job in tqdm(jobs, desc="extract", unit="video")]
+    else:
+        with multiprocessing.Pool(args.workers, _init_worker) as pool:
+            results = list(tqdm(pool.imap_unordered(_process, jobs), total=len(jobs),
+                                desc="extract", unit="video"))
+
+    failed = sorted((r for r in results if r.status == "failed"), key=lambda r: r.video)
+    extracted = [r for r in results if r.status == "extracted"]
+    skipped = len(results) - len(extracted) - len(failed)
+    print(f"{len(extracted)} videos extracted ({sum(r.frames for r in extracted)} frames), "
+          f"{skipped} already done, {len(failed)} failed; frames under {dst}")
+    if failed:
+        report = os.path.join(dst, FAILURES_FILE)
+        with open(report, "w", encoding="utf-8") as handle:
+            handle.writelines(f"{r.video}\t{r.error}\n" for r in failed)
+        for r in failed[:20]:
+            print(f"  FAILED {r.video}: {r.error}", file=sys.stderr)
+        if len(failed) > 20:
+            print(f"  … and {len(failed) - 20} more", file=sys.stderr)
+        print(f"the full list is in {report}; rerun the same command to retry them",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
