@@ -1,0 +1,276 @@
+"""Full fine-tuning of a pretrained backbone for action recognition (METHOD §5, CoCLR's protocol).
+
+The whole network trains: backbone (from --pretrained: net and width from the checkpoint's
+model_config) -> time/space-pooled high feature -> dropout (--dropout) -> linear classifier; the
+backbone's learning rate is --lr x --backbone_lr_scale (lr/10). Step schedule (lr / 10 at each
+--schedule epoch), Adam or SGD, mixed precision (--amp), one process, --multiprocessing-distributed
+or torchrun (DDP + SyncBatchNorm on GPUs), exactly as train.py.
+
+Test (every --eval_freq epochs and at the end): --num_clips clips over each video x centre crop
+(or --ten_crop), softmax averaged per video; video-level top-1/top-5 and clip-level top-1 of the
+LAST epoch go to metrics.json (percent). Under DDP every rank scores a strided share of the test
+videos and the scores are gathered, so each video counts exactly once.
+
+Outputs in --output_dir: args.json, log.jsonl (one line per epoch), TensorBoard events (tb/),
+checkpoint_last.pth (every epoch), checkpoint_NNNN.pth (every --save_every epochs and the last),
+metrics.json (top1, top5, clip_top1, init, num_train, num_val, ...). Rerunning the same command
+continues the run (--resume auto). Without --pretrained the network is RANDOMLY INITIALISED
+(training from scratch): the baseline every result is compared with (init = "random").
+
+Examples:
+  # UCF101 split 1, one GPU
+  python finetune.py --pretrained runs/pretrain/checkpoint_last.pth \\
+      --train_csv data/ucf101/train_split1.csv --val_csv data/ucf101/test_split1.csv \\
+      --num_classes 101 --output_dir runs/ucf101_finetune
+  # HMDB51 split 1 on every GPU of this node (--batch_size is per process)
+  python finetune.py --pretrained CKPT --train_csv data/hmdb51/train_split1.csv \\
+      --val_csv data/hmdb51/test_split1.csv --num_classes 51 --multiprocessing-distributed \\
+      --output_dir runs/hmdb51_finetune
+  # the from-scratch baseline
+  python finetune.py --net r3d_18 --train_csv ... --val_csv ... --output_dir runs/ucf101_scratch
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Subset
+
+from engine import runtime
+from engine.amp import make_scaler, resolve_amp
+from engine.checkpoint import (
+    CHECKPOINT_VERSION,
+    LAST_NAME,
+    CheckpointError,
+    find_resume,
+    load_checkpoint,
+    numbered_name,
+    remove_stale_temps,
+    save_checkpoint,
+)
+from engine.evaluate import (
+    OPTIMIZERS,
+    RANDOM_INIT_BANNER,
+    USER_ERRORS,
+    ClassifierHead,
+    HelpFormatter,
+    VideoClassifier,
+    add_common_args,
+    apply_step_schedule,
+    build_eval_backbone,
+    build_optimizer,
+    check_common_args,
+    classification_metrics,
+    clip_dataset,
+    eval_batch_size,
+    extract,
+    gather_shards,
+    make_loader,
+    shard_indices,
+    train_one_epoch,
+)
+from engine.logging import RunLogger, prepare_output_dir, to_jsonable, write_json
+from engine.pretrain import start_epoch
+from models import build_backbone
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finetune.py", description=__doc__, formatter_class=HelpFormatter)
+    add_common_args(parser)
+    ft = parser.add_argument_group("fine-tuning (METHOD §5)")
+    ft.add_argument("--dropout", type=float, default=0.5, help="dropout before the linear classifier")
+    ft.add_argument("--final_bn", action="store_true", help="BatchNorm1d on the pooled feature before dropout")
+    ft.add_argument("--optim", default="adam", choices=OPTIMIZERS, help="optimiser (SGD: momentum 0.9)")
+    ft.add_argument("--lr", type=float, default=1e-3, help="learning rate of the classifier")
+    ft.add_argument("--backbone_lr_scale", type=float, default=0.1,
+                    help="the backbone's learning rate is --lr times this")
+    ft.add_argument("--wd", type=float, default=1e-3, help="weight decay")
+    ft.add_argument("--epochs", type=int, default=100, help="training epochs")
+    ft.add_argument("--schedule", type=int, nargs="*", default=[60, 80],
+                    help="epochs at which the learning rates are divided by 10")
+    proc = parser.add_argument_group("processes and outputs")
+    proc.add_argument("--multiprocessing-distributed", dest="multiprocessing_distributed", action="store_true",
+                      help="spawn one process per GPU of this node (or --nproc CPU processes without "
+                           "GPU); ignored under torchrun")
+    proc.add_argument("--nproc", type=int, default=None,
+                      help="processes for --multiprocessing-distributed (default: the number of GPUs, or 1)")
+    proc.add_argument("--dist_timeout", type=float, default=1800,
+                      help="seconds a collective may wait for the other ranks before failing")
+    proc.add_argument("--resume", default="auto",
+                      help="auto: continue from the newest checkpoint in --output_dir if any; PATH: that "
+                           "checkpoint; none: start fresh (refused if --output_dir holds checkpoints)")
+    proc.add_argument("--save_every", type=int, default=10,
+                      help="keep checkpoint_NNNN.pth every this many epochs (and the last); 0 = only the last")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the flags; a bad combination exits with one message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_common_args(args)
+        if args.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+        if not 0 <= args.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+        if args.lr <= 0 or args.wd < 0 or args.backbone_lr_scale < 0:
+            raise ValueError("--lr must be > 0, --wd and --backbone_lr_scale >= 0")
+        if args.save_every < 0 or (args.nproc is not None and args.nproc < 1):
+            raise ValueError("--save_every must be >= 0 and --nproc >= 1")
+        if args.resume not in ("auto", "none") and not os.path.isfile(args.resume):
+            raise ValueError(f"--resume {args.resume}: no such checkpoint (use auto, none or a path)")
+        if args.resume == "none" and find_resume(args.output_dir) is not None:
+            raise ValueError(f"--resume none but {args.output_dir} already holds "
+                             f"{find_resume(args.output_dir)}: use --resume auto or another --output_dir")
+    except ValueError as err:
+        parser.error(str(err))
+    return args
+
+
+def _resume_path(args: argparse.Namespace) -> str | None:
+    if args.resume == "none":
+        return None
+    return find_resume(args.output_dir) if args.resume == "auto" else args.resume
+
+
+def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | None:
+    """Fine-tune and test; returns the metrics on rank 0 (None elsewhere)."""
+    device, main_proc = info.device, info.is_main
+    runtime.seed_everything(args.seed, info.rank)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    amp_dtype = resolve_amp(args.amp, device)
+    out = Path(args.output_dir)
+    if main_proc:
+        prepare_output_dir(out, args)
+        remove_stale_temps(out)
+    show = main_proc and not args.no_progress
+
+    resume = _resume_path(args)
+    ckpt = load_checkpoint(resume) if resume else None
+    first_epoch = int(ckpt["epoch"]) if ckpt is not None else 0
+    # TensorBoard steps are epochs: hide (and drop from log.jsonl) what an earlier attempt wrote
+    # after the checkpoint we restart from.
+    logger = RunLogger(out, enabled=main_proc, purge_step=first_epoch)
+    logger.truncate_log(first_epoch)
+    if ckpt is None:
+        backbone, config = build_eval_backbone(args.pretrained, args.net, args.width)
+    else:  # the checkpoint holds the whole fine-tuned network: build it empty
+        if "model_config" not in ckpt or "num_classes" not in ckpt["model_config"]:
+            raise CheckpointError(f"checkpoint {resume} is not a finetune.py checkpoint (no model_config "
+                                  "with num_classes); use --resume none and another --output_dir")
+        config = dict(ckpt["model_config"])
+        backbone = build_backbone(config["net"], config["width"])
+    if config["init"] == "random":
+        logger.print(RANDOM_INIT_BANNER)
+
+    train_set = clip_dataset(args, args.train_csv, train=True, num_classes=args.num_classes)
+    num_classes = train_set.num_classes
+    if ckpt is not None and config["num_classes"] != num_classes:
+        raise CheckpointError(f"checkpoint {resume} has {config['num_classes']} classes, the data "
+                              f"{num_classes}; use the run's --num_classes or another --output_dir")
+    test_set = clip_dataset(args, args.val_csv, train=False, num_classes=num_classes, ten_crop=args.ten_crop)
+    config.update(num_classes=num_classes, dropout=args.dropout, final_bn=args.final_bn)
+    head = ClassifierHead(backbone.out_channels["high"], num_classes, final_bn=args.final_bn,
+                          dropout=args.dropout)
+    model = VideoClassifier(backbone, head).to(device)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    ddp_model = runtime.wrap_ddp(model, info, find_unused_parameters=False)
+    model = runtime.unwrap(ddp_model)  # SyncBatchNorm-converted under DDP on GPUs
+    optimizer = build_optimizer(
+        [{"params": model.backbone.parameters(), "lr_scale": args.backbone_lr_scale},
+         {"params": model.head.parameters()}], args.optim, args.lr, args.wd)
+    scaler = make_scaler(amp_dtype, device)
+    step = 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(ckpt["scaler"])
+        step = int(ckpt["step"])
+        logger.print(f"=> resumed from {resume}: {first_epoch} of {args.epochs} epochs done")
+        del ckpt
+
+    loader = make_loader(train_set, args.batch_size, args.workers, device, train=True, seed=args.seed)
+    clips_per_video = args.num_clips * (10 if args.ten_crop else 1)
+    test_loader = make_loader(Subset(test_set, shard_indices(len(test_set))),
+                              eval_batch_size(args.batch_size, clips_per_video), args.workers, device)
+    logger.print(f"=> {config['net']} x{config['width']} ({config['init']}), {num_classes} classes, "
+                 f"{len(train_set)} train / {len(test_set)} test videos, {info.world_size} process(es) "
+                 f"on {device.type}, amp {amp_dtype}, {args.optim} lr {args.lr} (backbone x{args.backbone_lr_scale})")
+
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        logits, labels = extract(model, test_loader, device, amp_dtype, show, "test")
+        return classification_metrics(gather_shards(logits, len(test_set), device),
+                                      gather_shards(labels, len(test_set), device))
+
+    for epoch in range(first_epoch, args.epochs):
+        lr = apply_step_schedule(optimizer, args.lr, epoch, args.schedule)
+        start_epoch(loader, args.seed, info.rank, epoch)
+        stats = train_one_epoch(ddp_model, loader, optimizer, scaler, device, amp_dtype, show,
+                                desc=f"epoch {epoch}")
+        step += len(loader)
+        record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, **stats}
+        if args.eval_freq and (epoch + 1) % args.eval_freq == 0 and epoch + 1 < args.epochs:
+            record.update({f"val_{k}": v for k, v in evaluate().items()})
+        if main_proc:
+            state = {"model": model.state_dict(), "model_config": config, "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
+                     "args": to_jsonable(args), "version": CHECKPOINT_VERSION}
+            save_checkpoint(state, out / LAST_NAME)
+            if (args.save_every and (epoch + 1) % args.save_every == 0) or epoch + 1 == args.epochs:
+                save_checkpoint(state, out / numbered_name(epoch + 1))
+            del state
+            logger.scalars("train", {k: v for k, v in record.items() if k not in ("epoch", "step")}, epoch)
+            logger.log_epoch(record)
+
+    result = evaluate()
+    metrics = None
+    if main_proc:
+        metrics = {**result, **config, "num_train": len(train_set), "num_val": len(test_set),
+                   "num_clips": args.num_clips, "ten_crop": args.ten_crop, "epochs": args.epochs,
+                   "world_size": info.world_size, "checkpoint": str(out / LAST_NAME)}
+        logger.scalars("test", result, args.epochs)
+        write_json(out / "metrics.json", metrics)
+        logger.print("=> " + " ".join(f"{k}={v:.2f}" for k, v in result.items())
+                     + (" (RANDOM INIT)" if config["init"] == "random" else ""))
+    logger.close()
+    return metrics
+
+
+def main_worker(local_rank: int, args: argparse.Namespace) -> dict[str, Any] | None:
+    """One process of the run (the ``env://`` variables decide its rank)."""
+    info = runtime.init_distributed(args.device, args.dist_timeout)
+    tag = f"[rank {info.rank}/{info.world_size}] " if info.distributed else ""
+    try:
+        return run(args, info)
+    except USER_ERRORS as err:
+        raise SystemExit(f"{tag}finetune.py: error: {err}") from None
+    finally:
+        runtime.cleanup_distributed()
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Entry point; returns the metrics dict (single process / rank 0) for in-process use."""
+    args = parse_args(argv)
+    if args.multiprocessing_distributed and runtime.launched_world_size() is None:
+        cuda = args.device != "cpu" and torch.cuda.is_available()
+        nproc = args.nproc or (torch.cuda.device_count() if cuda else 1)
+        if nproc > 1:
+            try:
+                runtime.spawn_workers(main_worker, nproc, args)
+            except runtime.WorkerError as err:
+                raise SystemExit(f"finetune.py: error: {err}") from None
+            return json.loads((Path(args.output_dir) / "metrics.json").read_text())
+    return main_worker(int(os.environ.get("LOCAL_RANK", 0)), args)
+
+
+if __name__ == "__main__":
+    main()
