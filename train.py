@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of local clips extracted from each video, n >= 2 (default 2)")
     d.add_argument("--img_dim", type=int, default=112, help="spatial size of the input clips (default 112)")
     d.add_argument("--rate", type=float, default=3.0, help="upper bound of the frame sampling rate (default 3.0)")
+    d.add_argument("--color_strength", type=float, default=1.0,
+                   help="multiplier of the per-frame colour-jitter strengths of METHOD §1 (1 = brightness/"
+                        "contrast/saturation 0.5, hue 0.25; 0 = none). Lower it for tiny inputs: see the "
+                        "README's demo section (default 1.0)")
+    d.add_argument("--grayscale_p", type=float, default=0.5,
+                   help="per-frame probability of the random grayscale of METHOD §1 (default 0.5)")
     d.add_argument("--workers", type=int, default=8, help="DataLoader workers per process (default 8)")
     d.add_argument("--strict", action="store_true",
                    help="stop at the first unreadable video/frame instead of skipping and counting it")
@@ -169,6 +175,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             e(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.seq < 2:
         e(f"--seq {args.seq}: a clip needs at least 2 frames (motion excitation and reversal, METHOD §2)")
+    if args.color_strength < 0 or not 0 <= args.grayscale_p <= 1:
+        e(f"--color_strength {args.color_strength} / --grayscale_p {args.grayscale_p}: need a strength >= 0 "
+          "and a probability in [0, 1]")
     if args.rate < 1:
         e(f"--rate {args.rate}: the frame-rate factor is drawn from U(1, rate), so it must be >= 1")
     if not 0 <= args.thres <= 1:
@@ -228,7 +237,8 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
 
     # -- data, model, objective, optimiser
     dataset = PretrainDataset(args.csv_file, seq=args.seq, sample=args.sample, img_dim=args.img_dim,
-                              rate=args.rate, data_root=args.data_root, strict=args.strict)
+                              rate=args.rate, data_root=args.data_root, strict=args.strict,
+                              color_strength=args.color_strength, grayscale_p=args.grayscale_p)
     loader = build_loader(dataset, info, args.train_batch, args.workers, args.seed)
     model = build_model(net=args.net, width=args.width, channel=args.channel, cluster=args.cluster).to(device)
     if device.type == "cuda":

@@ -31,13 +31,17 @@ class PretrainDataset(FrameFolderDataset):
         data_root: folder for relative CSV paths (default: the CSV's folder).
         strict: make corrupt/missing frames fatal.
         validate_files: check every row's last frame up front (see :mod:`datasets.csv_io`).
+        color_strength: multiplier of the METHOD §1 colour-jitter strengths (1 = brightness,
+            contrast, saturation 0.5 and hue 0.25; 0 = no jitter).
+        grayscale_p: per-frame probability of the random grayscale (METHOD §1: 0.5).
 
     ``__getitem__`` returns a float tensor ``(n+1, 3, T, img_dim, img_dim)``, global clip last.
     """
 
     def __init__(self, csv_file: str | os.PathLike, seq: int = 16, sample: int = 2,
                  img_dim: int = 112, rate: float = 3.0, data_root: str | None = None,
-                 strict: bool = False, validate_files: bool = False) -> None:
+                 strict: bool = False, validate_files: bool = False, color_strength: float = 1.0,
+                 grayscale_p: float = 0.5) -> None:
         super().__init__(csv_file, labelled=False, data_root=data_root,
                          min_frames=seq * sample + 1, strict=strict,
                          validate_files=validate_files, random_fallback=True)
@@ -46,7 +50,13 @@ class PretrainDataset(FrameFolderDataset):
         self.seq = seq
         self.sample = sample
         self.rate = rate
-        self.augment = PretrainAugment(img_dim)
+        if color_strength < 0 or not 0 <= grayscale_p <= 1:
+            raise ValueError(f"need color_strength >= 0 and 0 <= grayscale_p <= 1, got "
+                             f"{color_strength} and {grayscale_p}")
+        jitter = 0.5 * color_strength
+        self.augment = PretrainAugment(img_dim, brightness=jitter, contrast=jitter,
+                                       saturation=jitter, hue=min(0.5, 0.25 * color_strength),
+                                       grayscale_p=grayscale_p)
 
     def _sample(self, index: int) -> torch.Tensor:
         window = pretrain_indices(self.num_frames[index], self.seq, self.sample, self.rate)

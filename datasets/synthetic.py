@@ -15,6 +15,11 @@ The **class is the elevation of the motion**: class ``c`` of ``C`` moves at
 spacing), to the left or to the right at random. With 4 classes: ``up``, ``rise30`` (30° above
 the horizontal), ``fall30``, ``down`` (:func:`class_names`).
 
+* **Appearance does not last, motion does**: every ``segment`` frames (default 8) the background
+  and the objects' looks are re-drawn while the objects keep moving. Two clips of one video
+  taken at different times (the positives of METHOD §3.1) therefore share their motion, not
+  their looks, as in real footage across cuts and lighting changes; without it, the instance
+  contrast is solved by the static background alone, which carries no class information.
 * Everything else is drawn independently of the class, and positions are uniform on the torus at
   every time step, so **a single frame carries no class information**; only features that see
   time can solve it.
@@ -52,7 +57,7 @@ from torchvision.io import encode_jpeg
 from datasets.frames import frame_path
 
 MANIFEST = "synthetic.json"
-_VERSION = 3
+_VERSION = 4
 _CHUNK = 8  # videos rendered at once (small chunks stay in cache)
 _THREADS = 4
 _OBJECTS = 3
@@ -73,10 +78,14 @@ def class_names(num_classes: int) -> list[str]:
     return [name(phi) for phi in elevations(num_classes)]
 
 
-def _draw_videos(num_videos: int, size: int, num_classes: int, generator: torch.Generator
-                 ) -> dict[str, torch.Tensor]:
-    """All random parameters, drawn up front so rendering in chunks does not change them."""
-    n, o = num_videos, _OBJECTS
+def _draw_videos(num_videos: int, size: int, num_classes: int, segments: int,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """All random parameters, drawn up front so rendering in chunks does not change them.
+
+    Motion parameters are per object, ``(N, O, …)``; appearance parameters are per appearance
+    segment and object, ``(N, segments, O, …)`` (background: ``(N, segments, 3, 6, 6)``).
+    """
+    n, o, s = num_videos, _OBJECTS, segments
 
     def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
         return low + (high - low) * torch.rand(*shape, generator=generator)
@@ -94,11 +103,11 @@ def _draw_videos(num_videos: int, size: int, num_classes: int, generator: torch.
                                  speed * horizontal[:, None]], -1),  # (N, O, [dy, dx])
         "start": uniform(n, o, 2, high=size),
         "phase": uniform(n, o),
-        "radius": uniform(n, o, low=0.08, high=0.16) * size,
-        "square": torch.rand(n, o, generator=generator) < 0.5,
-        "colour": uniform(n, o, 3),
-        "cell": uniform(n, o, low=0.03, high=0.08) * size,
-        "background": uniform(n, 3, 6, 6, low=0.15, high=0.85),
+        "radius": uniform(n, s, o, low=0.08, high=0.16) * size,
+        "square": torch.rand(n, s, o, generator=generator) < 0.5,
+        "colour": uniform(n, s, o, 3),
+        "cell": uniform(n, s, o, low=0.03, high=0.08) * size,
+        "background": uniform(n, s, 3, 6, 6, low=0.15, high=0.85),
     }
 
 
@@ -123,20 +132,36 @@ def _render(p: dict[str, torch.Tensor], frames: int, size: int) -> torch.Tensor:
     """Render a chunk of videos → uint8 ``(N, F, 3, S, S)``, vectorised over videos and frames.
 
     Object ``k`` at frame ``t`` sits at ``round(start + velocity·Σ_{u<t} ramp(u))`` on the torus,
-    ``ramp`` being the sawtooth speed factor of the module docstring (mean 1). Only the
-    patch around it is touched: one ``gather`` of the wrapped patch pixels of every frame, an
-    alpha blend, one ``scatter_`` back; objects are composited back to front.
+    ``ramp`` being the sawtooth speed factor of the module docstring (mean 1). The frames are cut
+    into equal appearance segments, each rendered as a video of its own (its own background and
+    object looks) with the positions of its frames.
     """
     n, o = p["start"].shape[:2]
+    segments = p["radius"].shape[1]
+    length = math.ceil(frames / segments)
+    t = torch.arange(segments * length, dtype=torch.float32)
+    ramp = 0.25 + 1.5 * torch.frac(t / _PERIOD + p["phase"][:, :, None])  # (N, O, F')
+    travelled = torch.cumsum(ramp, dim=-1) - ramp[..., :1]  # 0 at the first frame
+    position = torch.round(p["start"][:, :, None] + p["velocity"][:, :, None] * travelled[..., None]
+                           ).long()  # (N, O, F', 2)
+    position = position.view(n, o, segments, length, 2).transpose(1, 2).flatten(0, 1)
+    looks = {k: p[k].flatten(0, 1) for k in ("radius", "square", "colour", "cell", "background")}
+    video = _composite(looks, position, size)  # (N·segments, length, 3, S, S)
+    return video.view(n, segments * length, 3, size, size)[:, :frames]
+
+
+def _composite(p: dict[str, torch.Tensor], position: torch.Tensor, size: int) -> torch.Tensor:
+    """Draw objects with looks ``p`` (``(V, O, …)``) at ``position`` ``(V, O, F, 2)`` over their
+    backgrounds → uint8 ``(V, F, 3, S, S)``.
+
+    Only the patch around each object is touched: one ``gather`` of the wrapped patch pixels of
+    every frame, an alpha blend, one ``scatter_`` back; objects are composited back to front.
+    """
+    n, o, frames = position.shape[:3]
     box = 2 * math.ceil(float(p["radius"].max()) + 1.0)
     background = F.interpolate(p["background"], size=(size, size), mode="bicubic",
                                align_corners=False).clamp(0, 1)
     video = background[:, None].expand(n, frames, 3, size, size).contiguous()
-    t = torch.arange(frames, dtype=torch.float32)
-    ramp = 0.25 + 1.5 * torch.frac(t / _PERIOD + p["phase"][:, :, None])  # (N, O, F)
-    travelled = torch.cumsum(ramp, dim=-1) - ramp[..., :1]  # 0 at the first frame
-    position = torch.round(p["start"][:, :, None] + p["velocity"][:, :, None] * travelled[..., None]
-                           ).long()
     patch = torch.arange(box) - box // 2
     rows = torch.remainder(position[..., 0:1] + patch, size)  # (N, O, F, box)
     cols = torch.remainder(position[..., 1:2] + patch, size)
@@ -152,14 +177,15 @@ def _render(p: dict[str, torch.Tensor], frames: int, size: int) -> torch.Tensor:
 
 
 def _manifest_params(num_videos: int, frames: int, size: int, num_classes: int, seed: int,
-                     val_fraction: float) -> dict:
+                     val_fraction: float, segment: int) -> dict:
     return {"version": _VERSION, "num_videos": num_videos, "frames": frames, "size": size,
-            "num_classes": num_classes, "seed": seed, "val_fraction": val_fraction}
+            "num_classes": num_classes, "seed": seed, "val_fraction": val_fraction,
+            "segment": segment}
 
 
 def make_synthetic(out_dir: str | os.PathLike, num_videos: int = 300, frames: int = 48,
                    size: int = 64, num_classes: int = 4, seed: int = 0, val_fraction: float = 0.25,
-                   force: bool = False) -> dict[str, str]:
+                   segment: int = 8, force: bool = False) -> dict[str, str]:
     """Write the synthetic motion-class data set (see the module doc) and return its CSV paths.
 
     Skips the work when ``out_dir`` already holds a complete set made with the same parameters
@@ -173,6 +199,8 @@ def make_synthetic(out_dir: str | os.PathLike, num_videos: int = 300, frames: in
         num_classes: motion elevations (``C - 1 - c`` is the time reversal of class ``c``).
         seed: RNG seed; the same parameters give byte-identical files.
         val_fraction: fraction of each class held out in ``val.csv``.
+        segment: frames per appearance segment (background and object looks re-drawn, motion
+            continuing); 0 keeps one appearance for the whole video.
         force: regenerate even if a matching set exists.
 
     Returns:
@@ -184,11 +212,13 @@ def make_synthetic(out_dir: str | os.PathLike, num_videos: int = 300, frames: in
         raise ValueError(f"num_videos ({num_videos}) must be >= 2 * num_classes ({num_classes})")
     if frames < 2 or size < 16:
         raise ValueError(f"need frames >= 2 and size >= 16, got frames={frames}, size={size}")
+    if segment < 0:
+        raise ValueError(f"segment must be >= 0, got {segment}")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     out_dir = os.path.abspath(os.fspath(out_dir))
     csvs = {name: os.path.join(out_dir, f"{name}.csv") for name in ("pretrain", "train", "val")}
-    params = _manifest_params(num_videos, frames, size, num_classes, seed, val_fraction)
+    params = _manifest_params(num_videos, frames, size, num_classes, seed, val_fraction, segment)
     manifest = os.path.join(out_dir, MANIFEST)
     if not force and os.path.isfile(manifest) and all(map(os.path.isfile, csvs.values())):
         with open(manifest, encoding="utf-8") as handle:
@@ -202,7 +232,8 @@ def make_synthetic(out_dir: str | os.PathLike, num_videos: int = 300, frames: in
     shutil.rmtree(frames_root, ignore_errors=True)
     names = class_names(num_classes)
     generator = torch.Generator().manual_seed(seed)
-    drawn = _draw_videos(num_videos, size, num_classes, generator)
+    segments = math.ceil(frames / segment) if segment else 1
+    drawn = _draw_videos(num_videos, size, num_classes, segments, generator)
     labels = drawn["labels"].tolist()
     rel_paths = [f"frames/{names[c]}/vid_{i:05d}" for i, c in enumerate(labels)]
 

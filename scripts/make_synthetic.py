@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="motion elevations (4: up, rise30, fall30, down)")
     parser.add_argument("--val_fraction", type=float, default=0.25,
                         help="fraction of each class in val.csv")
+    parser.add_argument("--segment", type=int, default=8,
+                        help="frames per appearance segment: background and object looks are "
+                             "re-drawn this often while the motion continues; 0 = never")
     parser.add_argument("--seed", type=int, default=0, help="RNG seed")
     parser.add_argument("--force", action="store_true",
                         help="regenerate even if --out holds a set with the same parameters")
@@ -52,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         csvs = make_synthetic(args.out, num_videos=args.num_videos, frames=args.frames,
                               size=args.size, num_classes=args.num_classes, seed=args.seed,
-                              val_fraction=args.val_fraction, force=args.force)
+                              val_fraction=args.val_fraction, segment=args.segment,
+                              force=args.force)
     except ValueError as err:
         parser.error(str(err))
     print(f"synthetic data set in {os.path.abspath(args.out)} ({time.perf_counter() - start:.1f} s): "

@@ -16,9 +16,9 @@ from datasets.csv_io import read_video_csv
 from datasets.downstream import ClipDataset
 from datasets.frames import load_clip
 from datasets.pretrain import PretrainDataset
-from datasets.synthetic import class_names, elevations, make_synthetic
+from datasets.synthetic import _draw_videos, _render, class_names, elevations, make_synthetic
 
-SMALL = dict(num_videos=24, frames=12, size=32, num_classes=4)
+SMALL = dict(num_videos=24, frames=12, size=32, num_classes=4, segment=0)  # one look per video
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,26 @@ def test_class_is_in_the_motion_reverses_with_time_and_survives_a_flip(synthetic
     assert min(forward, backward, mirrored) >= len(table) - 2  # chance: a quarter
     means = [sum(m) / len(m) for m in frame_means.values()]
     assert max(means) - min(means) < 10  # single frames look alike across classes (0-255 scale)
+
+
+def test_looks_change_every_segment_while_motion_continues(tmp_path):
+    """segment=4: the background is re-drawn at frames 4 and 8, so frame-to-frame change jumps
+    there; the motion itself (the position track) is the same as with one look per video."""
+    params = {**SMALL, "num_videos": 8}
+    cut = make_synthetic(tmp_path / "cut", seed=5, **{**params, "segment": 4})
+    still = make_synthetic(tmp_path / "still", seed=5, **params)
+    for path in read_video_csv(cut["train"], labelled=True)["path"]:
+        video = load_clip(path, range(12)).float()
+        change = (video[1:] - video[:-1]).abs().mean(dim=(1, 2, 3))  # change into frame t+1
+        at_cuts, within = change[[3, 7]], change[[0, 1, 2, 4, 5, 6, 8, 9, 10]]
+        assert at_cuts.min() > 2 * within.max()
+    drawn = _draw_videos(2, 32, 4, 3, torch.Generator().manual_seed(1))
+    looks = ("radius", "square", "colour", "cell", "background")  # (N, segments, ...) each
+    first_look = {k: v[:, :1] if k in looks else v for k, v in drawn.items()}
+    cut, still = _render(drawn, 12, 32), _render(first_look, 12, 32)
+    assert cut.shape == still.shape == (2, 12, 3, 32, 32)
+    assert torch.equal(cut[:, :4], still[:, :4])  # same motion: identical until the first cut
+    assert not torch.equal(cut[:, 4:], still[:, 4:])
 
 
 def test_feeds_the_datasets(synthetic):
