@@ -15,11 +15,11 @@ The **class is the elevation of the motion**: class ``c`` of ``C`` moves at
 spacing), to the left or to the right at random. With 4 classes: ``up``, ``rise30`` (30° above
 the horizontal), ``fall30``, ``down`` (:func:`class_names`).
 
-* **Appearance does not last, motion does**: every ``segment`` frames (default 8) the background
-  and the objects' looks are re-drawn while the objects keep moving. Two clips of one video
-  taken at different times (the positives of METHOD §3.1) therefore share their motion, not
-  their looks, as in real footage across cuts and lighting changes; without it, the instance
-  contrast is solved by the static background alone, which carries no class information.
+* **Appearance can be made not to last** (``segment`` > 0, default 0 = one look per video):
+  every ``segment`` frames the background and the objects' looks are re-drawn while the objects
+  keep moving, so two clips of one video taken at different times (the positives of METHOD
+  §3.1) share their motion, not their looks. With one look per video the instance contrast can
+  be solved by the static background alone, which carries no class information (README, demo).
 * Everything else is drawn independently of the class, and positions are uniform on the torus at
   every time step, so **a single frame carries no class information**; only features that see
   time can solve it.
@@ -185,7 +185,7 @@ def _manifest_params(num_videos: int, frames: int, size: int, num_classes: int, 
 
 def make_synthetic(out_dir: str | os.PathLike, num_videos: int = 300, frames: int = 48,
                    size: int = 64, num_classes: int = 4, seed: int = 0, val_fraction: float = 0.25,
-                   segment: int = 8, force: bool = False) -> dict[str, str]:
+                   segment: int = 0, force: bool = False) -> dict[str, str]:
     """Write the synthetic motion-class data set (see the module doc) and return its CSV paths.
 
     Skips the work when ``out_dir`` already holds a complete set made with the same parameters

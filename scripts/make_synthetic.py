@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="motion elevations (4: up, rise30, fall30, down)")
     parser.add_argument("--val_fraction", type=float, default=0.25,
                         help="fraction of each class in val.csv")
-    parser.add_argument("--segment", type=int, default=8,
+    parser.add_argument("--segment", type=int, default=0,
                         help="frames per appearance segment: background and object looks are "
                              "re-drawn this often while the motion continues; 0 = never")
     parser.add_argument("--seed", type=int, default=0, help="RNG seed")
