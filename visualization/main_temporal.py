@@ -80,7 +80,7 @@ class OrderClipDataset(FrameFolderDataset):
     ``train=True``: one random clip of ``seq`` frames at stride ``ds`` with the light downstream
     augmentation (crop box + flip) -> ``(clip (3, T, S, S), index)``.
     ``train=False``: ``num_clips`` clips spread over the video, centre crop ->
-    ``(clips (num_clips, 3, T, S, S), index)``; one clip is the middle one.
+    ``(clips (num_clips, 3, T, S, S), index)``; with ``num_clips=1``, the middle clip.
     ``index`` is the CSV position of the video actually loaded (a corrupt video is replaced by
     another one, see :mod:`datasets.base`).
     """
@@ -323,6 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pretrained": described["pretrained"], "epochs": args.epochs,
         "train_loss": stats.get("loss"), "train_acc": stats.get("train_top1"),
         "skipped_videos": train_set.skipped + val_set.skipped,
+        "backbone_unchanged": True,  # assert_state_unchanged above raises otherwise
     }
     logger.print(f"temporal-order accuracy on {len(val_set)} val videos x {args.num_clips} clips "
                  f"x 2 orders: {metrics['temporal_order_acc']:.2f}% (chance 50%)")
