@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.io import encode_jpeg
 
 import train
 from engine.checkpoint import load_checkpoint
+from pretrain_helpers import make_videos
+from pretrain_helpers import tiny_argv as shared_tiny_argv
 
 SEED_K400 = ("--train_batch 64 --workers 8 --cluster 1000 --epoch 100 --lr_decay 70 --thres 0.05 "
              "--csv_file kinetics.csv --multiprocessing-distributed --split 20")
@@ -18,29 +19,9 @@ SEED_UCF = ("--train_batch 64 --workers 8 --cluster 200 --epoch 300 --lr_decay 2
             "--csv_file ucf_pretrain.csv --multiprocessing-distributed --split 50")
 
 
-def make_videos(root: Path, n_videos: int = 8, n_frames: int = 20, size=(36, 40)) -> Path:
-    """Frame folders ``video_XXX/image_%05d.jpg`` (a textured frame that moves) + pretrain.csv."""
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for v in range(n_videos):
-        folder = root / f"video_{v:03d}"
-        folder.mkdir(parents=True)
-        base = torch.randint(0, 256, (3, *size), generator=g, dtype=torch.uint8)
-        for f in range(n_frames):
-            jpeg = encode_jpeg(torch.roll(base, shifts=(v % 3 + 1) * f, dims=2), quality=80)
-            (folder / f"image_{f + 1:05d}.jpg").write_bytes(jpeg.numpy().tobytes())
-        rows.append(f"video_{v:03d},{n_frames}")
-    csv = root / "pretrain.csv"
-    csv.write_text("\n".join(rows) + "\n")
-    return csv
-
-
 def tiny_argv(csv: Path, out: Path, *extra: str) -> list[str]:
-    """A 0.5M-parameter R3D-18 on 8-frame 32-px clips, 2 steps of 4 videos per epoch."""
-    return ["--csv_file", str(csv), "--output_dir", str(out), "--net", "r3d_18", "--width", "0.125",
-            "--seq", "8", "--img_dim", "32", "--train_batch", "4", "--cluster", "16", "--channel", "32",
-            "--workers", "0", "--queue_start", "1", "--queue_size", "16", "--log_every", "1",
-            "--lr_decay", "1", "--device", "cpu", *extra]
+    """The shared tiny run, with the lr decayed after the first epoch."""
+    return shared_tiny_argv(csv, out, "--lr_decay", "1", *extra)
 
 
 @pytest.fixture(autouse=True)
