@@ -150,3 +150,20 @@ def test_relative_paths_and_data_root(tmp_path, make_frame_folder, write_video_c
                               data_root=os.fspath(tmp_path / "frames"), validate_files=True)
     assert dataset.paths == [str(tmp_path / "frames" / "a")]
     assert dataset[0].shape == (3, 3, 4, 8, 8)
+
+
+@pytest.mark.parametrize("damage", ["zero_bytes", "truncated"])
+def test_zero_byte_and_truncated_jpegs_are_skipped_and_counted(make_frame_folder, write_video_csv,
+                                                               damage):
+    make_frame_folder("good", num_frames=9)
+    bad = make_frame_folder("bad", num_frames=9)
+    path = frame_path(bad, 3)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    with open(path, "wb") as handle:
+        handle.write(b"" if damage == "zero_bytes" else data[: len(data) // 3])
+    dataset = PretrainDataset(write_video_csv("pre.csv", [("good", 9), ("bad", 9)]),
+                              seq=4, sample=2, img_dim=16)
+    with pytest.warns(RuntimeWarning, match=r"bad/image_00004\.jpg"):
+        sample = dataset[1]
+    assert sample.shape == (3, 3, 4, 16, 16) and dataset.skipped == 1
