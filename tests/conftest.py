@@ -16,6 +16,17 @@ import torch
 from torchvision.io import encode_jpeg
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Test tensors are tiny: intra-op threads only add wake-up latency, and OpenMP workers
+    spinning against other processes on a small shared CPU slow the suite down up to tenfold.
+    The count is restored after each test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _index_frames(num_frames: int, height: int, width: int) -> torch.Tensor:
     """uint8 frames ``(N, 3, H, W)`` of constant grey level ``5 * index`` (JPEG-exact), so the
     frame index can be read back from any pixel: ``round(value / 5)``. Needs ``N <= 51``."""

@@ -36,14 +36,6 @@ from models.output import LEVELS, MultiLevelOutput
 TAU = 0.07
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add wake-up latency (tens of ms per op on
-    a shared 2-core machine). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 TIMES = {"low": 8, "mid": 4, "high": 2}
 
 

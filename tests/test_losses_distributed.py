@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import tempfile
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -33,16 +32,6 @@ EPOCHS = (0, 1, 2, 3)                     # queue used from epoch 1, graph from 
 FIELDS = ["proj_" + lv for lv in LEVELS] + ["rev_low", "rev_mid"] + \
     ["fl_" + lv for lv in LEVELS] + ["fg_" + lv for lv in LEVELS] + \
     ["graph_" + lv for lv in LEVELS] + ["scores"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add wake-up latency (tens of ms per op on
-    a shared 2-core machine). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_step_data(seed: int, b: int) -> dict[str, torch.Tensor]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,16 +20,6 @@ from models import (
 from models.motion_excitation import MotionExcitation
 
 OUTPUT_FIELDS = ("proj", "proj_reversed", "fine_local", "fine_global", "graph")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from intra-op threads, and OpenMP workers spinning against other
-    processes on a small shared CPU slow these tests down tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(**kwargs) -> MultiLevelModel:

@@ -22,14 +22,6 @@ from pretrain_helpers import make_videos, tiny_argv
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
     return make_videos(tmp_path_factory.mktemp("videos"))

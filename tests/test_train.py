@@ -24,15 +24,6 @@ def tiny_argv(csv: Path, out: Path, *extra: str) -> list[str]:
     return shared_tiny_argv(csv, out, "--lr_decay", "1", *extra)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread avoids oversubscription (10x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
     return make_videos(tmp_path_factory.mktemp("videos"))
