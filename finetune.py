@@ -261,8 +261,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Entry point; returns the metrics dict (single process / rank 0) for in-process use."""
     args = parse_args(argv)
     if args.multiprocessing_distributed and runtime.launched_world_size() is None:
-        cuda = args.device != "cpu" and torch.cuda.is_available()
-        nproc = args.nproc or (torch.cuda.device_count() if cuda else 1)
+        nproc = runtime.num_spawn(args.device, args.nproc)
         if nproc > 1:
             try:
                 runtime.spawn_workers(main_worker, nproc, args)

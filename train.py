@@ -139,14 +139,8 @@ def expected_world_size(args: argparse.Namespace) -> int:
     if launched is not None:
         return launched
     if args.multiprocessing_distributed:
-        return num_spawn(args)
+        return runtime.num_spawn(args.device, args.nproc)
     return 1
-
-
-def num_spawn(args: argparse.Namespace) -> int:
-    if args.device != "cpu" and torch.cuda.is_available():
-        return args.nproc or torch.cuda.device_count()
-    return args.nproc or 1
 
 
 def warn(msg: str) -> None:
@@ -365,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     """Entry point; returns the final metrics dict (single process / rank 0) for in-process use."""
     args = parse_args(argv)
     if args.multiprocessing_distributed and runtime.launched_world_size() is None:
-        nproc = num_spawn(args)
+        nproc = runtime.num_spawn(args.device, args.nproc)
         if nproc > 1:
             try:
                 runtime.spawn_workers(main_worker, nproc, args)

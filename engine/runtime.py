@@ -142,6 +142,14 @@ def _spawn_entry(local_rank: int, fn: Callable, nproc: int, addr: str, port: int
     fn(local_rank, *args)
 
 
+def num_spawn(device_flag: str, nproc: int | None) -> int:
+    """Processes for ``--multiprocessing-distributed``: ``--nproc`` if given, else one per visible
+    GPU (unless ``--device cpu``), else 1."""
+    if device_flag != "cpu" and torch.cuda.is_available():
+        return nproc or torch.cuda.device_count()
+    return nproc or 1
+
+
 def spawn_workers(fn: Callable[..., Any], nproc: int, *args: Any) -> None:
     """Run ``fn(local_rank, *args)`` in ``nproc`` fresh processes on this machine (one node).
 
