@@ -60,7 +60,9 @@ def _reason(err: Exception) -> str:
 
 
 def load_frames(folder: str, indices: Sequence[int]) -> torch.Tensor:
-    """Read and decode the given frames (each file once) into a uint8 tensor ``(len, 3, H, W)``.
+    """Read and decode the given frames (each file once) into a uint8 tensor ``(len, 3, H, W)``
+    in channels-last memory (``decode_jpeg``'s own layout; use :func:`gather_frames` to pick
+    frames out of it).
 
     The encoded frames are decoded in one batched ``decode_jpeg`` call; if that fails, the frames
     are decoded one at a time to name the culprit. Grayscale/CMYK JPEGs are converted to RGB.
@@ -87,7 +89,9 @@ def load_frames(folder: str, indices: Sequence[int]) -> torch.Tensor:
         if image.shape != shape:
             raise FrameError(folder, i, f"frame size {tuple(image.shape[1:])} differs from "
                              f"{tuple(shape[1:])} of frame {index_list[0] + 1}")
-    return torch.stack(images)
+    # decode_jpeg's (3, H, W) images are HWC in memory: stacking them as such is a plain copy
+    # (an NCHW stack transposes every frame), and channels-last is what the uint8 resize wants.
+    return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
 
 
 def load_clip(folder: str, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -101,4 +105,11 @@ def load_clip(folder: str, indices: Sequence[int] | torch.Tensor) -> torch.Tenso
     """
     index = torch.as_tensor(indices, dtype=torch.long)
     unique, inverse = torch.unique(index, return_inverse=True)
-    return load_frames(folder, unique.tolist())[inverse]
+    return gather_frames(load_frames(folder, unique.tolist()), inverse)
+
+
+def gather_frames(frames: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``frames[index]`` for uint8 frames ``(N, 3, H, W)`` as :func:`load_frames` returns them,
+    as one ``index_select`` of whole HWC frames (advanced indexing of an NCHW-shaped tensor is
+    several times slower on CPU); the result is channels-last like its input."""
+    return frames.permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2)

@@ -9,7 +9,7 @@ import torch
 from datasets.base import FrameFolderDataset
 from datasets.frames import load_frames
 from datasets.sampling import pretrain_indices, split_clips
-from datasets.transforms import PretrainAugment
+from datasets.transforms import ColorParams, PretrainAugment
 
 
 class PretrainDataset(FrameFolderDataset):
@@ -34,14 +34,23 @@ class PretrainDataset(FrameFolderDataset):
         color_strength: multiplier of the METHOD §1 colour-jitter strengths (1 = brightness,
             contrast, saturation 0.5 and hue 0.25; 0 = no jitter).
         grayscale_p: per-frame probability of the random grayscale (METHOD §1: 0.5).
+        color_on_device: leave the colour part (jitter, grayscale, normalisation) to the
+            training device (``train.py --gpu_augment``): see below.
 
     ``__getitem__`` returns a float tensor ``(n+1, 3, T, img_dim, img_dim)``, global clip last.
+    With ``color_on_device`` it returns ``(clips, params)`` instead: the uint8 clips after crop,
+    resize and flip, channels last, ``(n+1, T, img_dim, img_dim, 3)`` (``decode_jpeg``'s layout,
+    which collates without a transpose), and their per-frame colour draws
+    (:data:`~datasets.transforms.ColorParams` of ``(n+1, T)`` tensors). The random draws are the
+    same, in the same order, as without the option, and
+    :func:`~datasets.transforms.color_augment_batch` on a collated batch gives the float clips
+    ``(B, n+1, 3, T, S, S)`` the default mode would have given (up to float rounding).
     """
 
     def __init__(self, csv_file: str | os.PathLike, seq: int = 16, sample: int = 2,
                  img_dim: int = 112, rate: float = 3.0, data_root: str | None = None,
                  strict: bool = False, validate_files: bool = False, color_strength: float = 1.0,
-                 grayscale_p: float = 0.5) -> None:
+                 grayscale_p: float = 0.5, color_on_device: bool = False) -> None:
         super().__init__(csv_file, labelled=False, data_root=data_root,
                          min_frames=seq * sample + 1, strict=strict,
                          validate_files=validate_files, random_fallback=True)
@@ -57,10 +66,19 @@ class PretrainDataset(FrameFolderDataset):
         self.augment = PretrainAugment(img_dim, brightness=jitter, contrast=jitter,
                                        saturation=jitter, hue=min(0.5, 0.25 * color_strength),
                                        grayscale_p=grayscale_p)
+        self.color_on_device = color_on_device
 
-    def _sample(self, index: int) -> torch.Tensor:
+    def _sample(self, index: int) -> torch.Tensor | tuple[torch.Tensor, ColorParams]:
         window = pretrain_indices(self.num_frames[index], self.seq, self.sample, self.rate)
         clips = split_clips(window, self.seq, self.sample)
         unique, inverse = torch.unique(clips, return_inverse=True)
         frames = load_frames(self.paths[index], unique.tolist())
-        return torch.stack([self.augment(frames[clip]) for clip in inverse])
+        if not self.color_on_device:
+            return torch.stack([self.augment(frames, clip) for clip in inverse])
+        size = self.augment.img_dim
+        out = torch.empty(len(inverse), self.seq, size, size, 3, dtype=torch.uint8)
+        draws = []
+        for clip, dest in zip(inverse, out):
+            dest.copy_(self.augment.geometric(frames, clip).permute(0, 2, 3, 1))
+            draws.append(self.augment.draw_color(self.seq))
+        return out, {key: torch.stack([d[key] for d in draws]) for key in draws[0]}

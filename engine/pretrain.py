@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from datasets.transforms import color_augment_batch
 from engine.amp import autocast
 from engine.checkpoint import (
     CHECKPOINT_VERSION, CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
@@ -173,6 +174,7 @@ def train_one_epoch(
     logger: RunLogger,
     log_every: int = 50,
     num_clips: int = 3,
+    color_on_device: bool = False,
 ) -> EpochResult:
     """One pass over ``loader`` (METHOD §2–§4).
 
@@ -182,6 +184,9 @@ def train_one_epoch(
     the step is skipped on all ranks (no optimizer step, gradients zeroed, the objective's
     score queue restored to its state before the step) and counted by ``guard``; else
     ``optimizer.step()``. ``num_clips`` = clips per video (``n + 1``) for the clips/s figure.
+    ``color_on_device`` (``--gpu_augment``): the loader yields uint8 clips and their colour draws
+    (``PretrainDataset(color_on_device=True)``); the METHOD §1 colour part then runs here on the
+    whole batch, on ``info.device``, as it moves there (:func:`color_augment_batch`).
     """
     raw = unwrap(model)
     device = info.device
@@ -211,7 +216,10 @@ def train_one_epoch(
         skipped += int(skipped_now.sum())
         t_data = time.perf_counter()
         wait = t_data - t_prev
-        clips = clips.to(device, non_blocking=True)
+        if color_on_device:
+            clips = color_augment_batch(clips, device)
+        else:
+            clips = clips.to(device, non_blocking=True)
 
         raw.normalize_prototypes()
         queue_before = _snapshot(objective)

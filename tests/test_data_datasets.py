@@ -13,7 +13,7 @@ from datasets.downstream import ClipDataset
 from datasets.frames import FrameError, frame_path, load_clip
 from datasets.pretrain import PretrainDataset
 from datasets.sampling import eval_clip_indices
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, color_augment_batch
 
 
 def frame_index(x: torch.Tensor) -> torch.Tensor:
@@ -22,8 +22,10 @@ def frame_index(x: torch.Tensor) -> torch.Tensor:
     return torch.round(red * 255 / 5).long()
 
 
-def identity_layout(clip: torch.Tensor) -> torch.Tensor:
-    """A stand-in augmentation that keeps pixel values: uint8 (T,3,H,W) -> float (3,T,H,W)."""
+def identity_layout(frames: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    """A stand-in augmentation that keeps pixel values: the clip ``frames[index]`` (default all),
+    uint8 (T,3,H,W) -> float (3,T,H,W)."""
+    clip = frames if index is None else frames[index]
     return ((clip.float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
             / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)).transpose(0, 1)
 
@@ -141,6 +143,39 @@ def test_loader_with_workers_is_reproducible(make_frame_folder, write_video_csv)
     assert first.shape == (4, 3, 3, 4, 8, 8)
     assert torch.equal(first, run())
     assert not torch.equal(first[0], first[1])
+
+
+@pytest.mark.parametrize("strength, grayscale_p", [(1.0, 0.5), (0.0, 0.0)])
+def test_color_on_device_loader_and_batched_colour_give_the_default_samples(
+        make_frame_folder, write_video_csv, strength, grayscale_p):
+    """train.py --gpu_augment: the loader ships uint8 clips + their colour draws, the batched
+    colour step (here on CPU) rebuilds what the default loader gives under the same seed."""
+    g = torch.Generator().manual_seed(0)
+    for name in "abc":
+        make_frame_folder(name, frames=torch.randint(0, 256, (20, 3, 24, 28), generator=g,
+                                                     dtype=torch.uint8))
+    csv_file = write_video_csv("pre.csv", [(n, 20) for n in "abc"])
+    options = dict(seq=4, sample=2, img_dim=12, color_strength=strength, grayscale_p=grayscale_p)
+    default = PretrainDataset(csv_file, **options)
+    on_device = PretrainDataset(csv_file, **options, color_on_device=True)
+
+    def first_batch(dataset: PretrainDataset):
+        torch.manual_seed(0)
+        return next(iter(DataLoader(dataset, batch_size=3)))
+
+    clips, params = batch = first_batch(on_device)
+    assert clips.shape == (3, 3, 4, 12, 12, 3) and clips.dtype == torch.uint8
+    if strength == 0:
+        assert params == {}
+    else:
+        assert set(params) == {"brightness", "contrast", "saturation", "hue", "gray_channel", "gray"}
+        assert all(v.shape == (3, 3, 4) for v in params.values())
+    out = color_augment_batch(batch, torch.device("cpu"))
+    assert out.shape == (3, 3, 3, 4, 12, 12) and out.dtype == torch.float32
+    low = min((0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
+    high = max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
+    assert low - 1e-5 <= out.min() and out.max() <= high + 1e-5
+    torch.testing.assert_close(out, first_batch(default), atol=1e-5, rtol=0)
 
 
 def test_relative_paths_and_data_root(tmp_path, make_frame_folder, write_video_csv):

@@ -7,7 +7,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from datasets.transforms import (IMAGENET_MEAN, IMAGENET_STD, EvalTransform, PretrainAugment,
-                                 TrainAugment, color_jitter_per_frame, random_channel_grayscale)
+                                 TrainAugment, color_augment, color_jitter_per_frame,
+                                 random_channel_grayscale, random_resized_crop_box)
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
@@ -123,3 +124,90 @@ def test_eval_transform_shapes_and_crops(ten_crop):
 def test_rejects_non_uint8_clips():
     with pytest.raises(ValueError, match=r"expected a uint8 clip \(T, 3, H, W\)"):
         PretrainAugment(16)(torch.rand(4, 3, 20, 20))
+
+
+# ---------------------------------------------------------------- the fast path vs a plain reference
+def reference_frame(frame: torch.Tensor, b: float, c: float, s: float, h: float,
+                    gray_channel: int | None) -> torch.Tensor:
+    """METHOD §1 colour part of one uint8 frame (3, H, W), written plainly with torchvision:
+    jitter in the fixed order, the channel copy as a loop, then Normalize."""
+    x = frame.float() / 255
+    x = TF.adjust_hue(TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(x, b), c), s), h)
+    if gray_channel is not None:
+        source = x[gray_channel].clone()
+        for channel in range(3):
+            x[channel] = source
+    return TF.normalize(x, list(IMAGENET_MEAN), list(IMAGENET_STD))
+
+
+def reference_augment(clip: torch.Tensor, img_dim: int, p: float = 0.5) -> torch.Tensor:
+    """PretrainAugment at the METHOD §1 strengths as the straightforward per-frame loop, drawing
+    the same random numbers in the same order: crop box, flip, then per frame brightness,
+    contrast, saturation factors (T,1,1,1), hue shifts (T,1,1), grayscale channel and decision."""
+    box = random_resized_crop_box(clip.shape[-2], clip.shape[-1])
+    small = TF.resized_crop(clip.contiguous(), *box, [img_dim, img_dim], antialias=True)
+    if torch.rand(()) < 0.5:
+        small = small.flip(-1)
+    frames = clip.shape[0]
+    b, c, s = (torch.empty(frames, 1, 1, 1).uniform_(0.5, 1.5) for _ in range(3))
+    h = torch.empty(frames, 1, 1).uniform_(-0.25, 0.25)
+    chosen = torch.randint(0, 3, (frames,))
+    selected = torch.rand(frames) < p
+    return torch.stack([reference_frame(small[t], float(b[t]), float(c[t]), float(s[t]),
+                                        float(h[t]), int(chosen[t]) if selected[t] else None)
+                        for t in range(frames)], dim=1)
+
+
+def textured_clip(frames: int = 8, height: int = 40, width: int = 52) -> torch.Tensor:
+    """Random colours with saturated, black and grey patches (the hue's edge cases), channels last
+    as ``load_frames`` returns them."""
+    clip = torch.randint(0, 256, (frames, height, width, 3), dtype=torch.uint8)
+    clip[:, :6, :6] = 255
+    clip[:, -6:, -6:] = 0
+    clip[:, :6, -6:] = 128
+    clip[:, -6:, :6, 0] = 255  # pure hues: the sector ties
+    clip[:, -6:, :6, 1:] = 0
+    return clip.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pretrain_augment_equals_the_per_frame_reference_under_the_same_seed(seed):
+    clip = textured_clip()
+    torch.manual_seed(seed)
+    expected = reference_augment(clip, 24)
+    next_draw = torch.rand(())
+    torch.manual_seed(seed)
+    out = PretrainAugment(24)(clip)
+    assert torch.equal(torch.rand(()), next_draw)  # the same draws, no more, no fewer
+    assert out.shape == expected.shape == (3, 8, 24, 24)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_color_augment_batched_equals_the_per_frame_reference_for_given_factors():
+    """The batched path (one call for (B, n+1, T) frames, as train.py --gpu_augment runs it)
+    with a fixed set of drawn factors, against the per-frame reference."""
+    g = torch.Generator().manual_seed(0)
+    clips = torch.stack([textured_clip(5, 12, 14) for _ in range(6)]).view(2, 3, 5, 3, 12, 14)
+    shape = (2, 3, 5)
+    params = {"brightness": torch.empty(shape).uniform_(0.5, 1.5, generator=g),
+              "contrast": torch.empty(shape).uniform_(0.5, 1.5, generator=g),
+              "saturation": torch.empty(shape).uniform_(0.5, 1.5, generator=g),
+              "hue": torch.empty(shape).uniform_(-0.5, 0.5, generator=g),
+              "gray_channel": torch.randint(0, 3, shape, generator=g),
+              "gray": torch.rand(shape, generator=g) < 0.5}
+    out = color_augment(clips, params)
+    assert out.shape == (2, 3, 3, 5, 12, 14) and out.dtype == torch.float32
+    for i in range(2):
+        for k in range(3):
+            for t in range(5):
+                f = {key: value[i, k, t].item() for key, value in params.items()}
+                expected = reference_frame(clips[i, k, t], f["brightness"], f["contrast"],
+                                           f["saturation"], f["hue"],
+                                           f["gray_channel"] if f["gray"] else None)
+                torch.testing.assert_close(out[i, k, :, t], expected, atol=1e-5, rtol=0)
+
+
+def test_color_augment_without_colour_ops_is_to_float_and_normalise():
+    clips = torch.stack([textured_clip(4, 10, 12) for _ in range(2)])  # (2, T, 3, H, W)
+    plain = ((clips.float() / 255 - MEAN.view(1, 3, 1, 1)) / STD.view(1, 3, 1, 1)).transpose(1, 2)
+    torch.testing.assert_close(color_augment(clips, {}), plain, atol=1e-6, rtol=0)

@@ -129,6 +129,19 @@ def test_interrupted_and_resumed_run_matches_straight_run(straight_run, videos, 
     assert "nothing to do" in capsys.readouterr().out and again["loss"] == second["loss"]
 
 
+def test_gpu_augment_run_matches_the_loader_colour_run(straight_run, videos, tmp_path, capsys):
+    """--gpu_augment draws the same colour factors and moves only where they are applied (here
+    the training device is the CPU), so the run matches the straight run up to float rounding."""
+    ref_out, ref = straight_run
+    metrics = train.main(tiny_argv(videos, tmp_path / "gpu_augment", "--epoch", "2", "--split", "1",
+                                   "--seed", "3", "--gpu_augment"))
+    assert "colour augmentation on cpu" in capsys.readouterr().out
+    assert metrics["steps"] == 4 and metrics["non_finite_steps"] == 0
+    assert metrics["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+    for k, v in ref["loss_parts"].items():
+        assert metrics["loss_parts"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
 def test_two_gloo_processes(videos, tmp_path):
     out = tmp_path / "ddp"
     metrics = train.main(tiny_argv(videos, out, "--epoch", "1", "--split", "1", "--train_batch", "2",
