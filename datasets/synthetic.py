@@ -20,6 +20,12 @@ the horizontal), ``fall30``, ``down`` (:func:`class_names`).
   keep moving, so two clips of one video taken at different times (the positives of METHOD
   §3.1) share their motion, not their looks. With one look per video the instance contrast can
   be solved by the static background alone, which carries no class information (README, demo).
+* **Appearance can be shared** (``looks`` > 0, default 0 = a look of its own per video): the
+  background and object looks come from a pool of ``looks`` appearances, each video taking one at
+  random whatever its class. Then a video's appearance tells it apart from only part of the
+  others, and the instance contrast has to use the motion to separate the rest; with a look of
+  its own per video the contrast is solved by appearance and learns nothing about the class
+  (measured: README, demo section).
 * Everything else is drawn independently of the class, and positions are uniform on the torus at
   every time step, so **a single frame carries no class information**; only features that see
   time can solve it.
@@ -57,11 +63,15 @@ from torchvision.io import encode_jpeg
 from datasets.frames import frame_path
 
 MANIFEST = "synthetic.json"
-_VERSION = 4
+_VERSION = 5
 _CHUNK = 8  # videos rendered at once (small chunks stay in cache)
 _THREADS = 4
 _OBJECTS = 3
 _PERIOD = 12.0  # frames of one accelerate-then-reset speed cycle
+_SPEED = (2.0, 5.0)  # mean object speed range, pixels per frame at 64 px (scaled with the size)
+# Background brightness range. A full-range (0.15–0.85) background kept a supervised R3D-18 x0.25
+# at chance for its first 300 steps; with this one it left chance within 90 (README, demo).
+_BACKGROUND = (0.35, 0.65)
 
 
 def elevations(num_classes: int) -> list[float]:
@@ -79,11 +89,13 @@ def class_names(num_classes: int) -> list[str]:
 
 
 def _draw_videos(num_videos: int, size: int, num_classes: int, segments: int,
-                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+                 generator: torch.Generator, looks: int = 0) -> dict[str, torch.Tensor]:
     """All random parameters, drawn up front so rendering in chunks does not change them.
 
     Motion parameters are per object, ``(N, O, …)``; appearance parameters are per appearance
-    segment and object, ``(N, segments, O, …)`` (background: ``(N, segments, 3, 6, 6)``).
+    segment and object, ``(N, segments, O, …)`` (background: ``(N, segments, 3, 6, 6)``). With
+    ``looks`` > 0 the appearances are ``looks`` draws shared out to the videos by a uniform random
+    index (``"look"``), independent of the class; with 0 every video has its own.
     """
     n, o, s = num_videos, _OBJECTS, segments
 
@@ -96,19 +108,24 @@ def _draw_videos(num_videos: int, size: int, num_classes: int, segments: int,
         + uniform(n, low=-spacing / 4, high=spacing / 4)
     leftward = torch.rand(n, generator=generator) < 0.5
     horizontal = elevation.cos() * (1 - 2 * leftward.float())
-    speed = uniform(n, o, low=1.0, high=2.5) * size / 64
-    return {
+    speed = uniform(n, o, low=_SPEED[0], high=_SPEED[1]) * size / 64
+    motion = {
         "labels": labels,
         "velocity": torch.stack([speed * elevation.sin()[:, None],
                                  speed * horizontal[:, None]], -1),  # (N, O, [dy, dx])
         "start": uniform(n, o, 2, high=size),
         "phase": uniform(n, o),
-        "radius": uniform(n, s, o, low=0.08, high=0.16) * size,
-        "square": torch.rand(n, s, o, generator=generator) < 0.5,
-        "colour": uniform(n, s, o, 3),
-        "cell": uniform(n, s, o, low=0.03, high=0.08) * size,
-        "background": uniform(n, s, 3, 6, 6, low=0.15, high=0.85),
     }
+    pool = looks or n
+    appearance = {
+        "radius": uniform(pool, s, o, low=0.08, high=0.16) * size,
+        "square": torch.rand(pool, s, o, generator=generator) < 0.5,
+        "colour": uniform(pool, s, o, 3),
+        "cell": uniform(pool, s, o, low=0.03, high=0.08) * size,
+        "background": uniform(pool, s, 3, 6, 6, low=_BACKGROUND[0], high=_BACKGROUND[1]),
+    }
+    look = torch.randint(looks, (n,), generator=generator) if looks else torch.arange(n)
+    return {**motion, "look": look, **{k: v[look] for k, v in appearance.items()}}
 
 
 def _sprites(p: dict[str, torch.Tensor], box: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,15 +194,15 @@ def _composite(p: dict[str, torch.Tensor], position: torch.Tensor, size: int) ->
 
 
 def _manifest_params(num_videos: int, frames: int, size: int, num_classes: int, seed: int,
-                     val_fraction: float, segment: int) -> dict:
+                     val_fraction: float, segment: int, looks: int) -> dict:
     return {"version": _VERSION, "num_videos": num_videos, "frames": frames, "size": size,
             "num_classes": num_classes, "seed": seed, "val_fraction": val_fraction,
-            "segment": segment}
+            "segment": segment, "looks": looks}
 
 
 def make_synthetic(out_dir: str | os.PathLike, num_videos: int = 300, frames: int = 48,
                    size: int = 64, num_classes: int = 4, seed: int = 0, val_fraction: float = 0.25,
-                   segment: int = 0, force: bool = False) -> dict[str, str]:
+                   segment: int = 0, looks: int = 0, force: bool = False) -> dict[str, str]:
     """Write the synthetic motion-class data set (see the module doc) and return its CSV paths.
 
     Skips the work when ``out_dir`` already holds a complete set made with the same parameters
@@ -201,6 +218,8 @@ def make_synthetic(out_dir: str | os.PathLike, num_videos: int = 300, frames: in
         val_fraction: fraction of each class held out in ``val.csv``.
         segment: frames per appearance segment (background and object looks re-drawn, motion
             continuing); 0 keeps one appearance for the whole video.
+        looks: size of the pool of appearances shared by all videos (each video takes one at
+            random, whatever its class); 0 gives every video its own.
         force: regenerate even if a matching set exists.
 
     Returns:
@@ -212,13 +231,14 @@ def make_synthetic(out_dir: str | os.PathLike, num_videos: int = 300, frames: in
         raise ValueError(f"num_videos ({num_videos}) must be >= 2 * num_classes ({num_classes})")
     if frames < 2 or size < 16:
         raise ValueError(f"need frames >= 2 and size >= 16, got frames={frames}, size={size}")
-    if segment < 0:
-        raise ValueError(f"segment must be >= 0, got {segment}")
+    if segment < 0 or looks < 0:
+        raise ValueError(f"segment and looks must be >= 0, got segment={segment}, looks={looks}")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     out_dir = os.path.abspath(os.fspath(out_dir))
     csvs = {name: os.path.join(out_dir, f"{name}.csv") for name in ("pretrain", "train", "val")}
-    params = _manifest_params(num_videos, frames, size, num_classes, seed, val_fraction, segment)
+    params = _manifest_params(num_videos, frames, size, num_classes, seed, val_fraction, segment,
+                              looks)
     manifest = os.path.join(out_dir, MANIFEST)
     if not force and os.path.isfile(manifest) and all(map(os.path.isfile, csvs.values())):
         with open(manifest, encoding="utf-8") as handle:
@@ -233,7 +253,7 @@ def make_synthetic(out_dir: str | os.PathLike, num_videos: int = 300, frames: in
     names = class_names(num_classes)
     generator = torch.Generator().manual_seed(seed)
     segments = math.ceil(frames / segment) if segment else 1
-    drawn = _draw_videos(num_videos, size, num_classes, segments, generator)
+    drawn = _draw_videos(num_videos, size, num_classes, segments, generator, looks)
     labels = drawn["labels"].tolist()
     rel_paths = [f"frames/{names[c]}/vid_{i:05d}" for i, c in enumerate(labels)]
 

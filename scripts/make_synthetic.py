@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Write a small labelled synthetic video data set whose class is carried by "
                     "motion only (elevation of moving textured objects; appearance random per "
-                    "video; left/right random, so a horizontal flip keeps the class). Time reversal "
+                    "video or from a shared pool; left/right random, so a horizontal flip keeps the class). Time reversal "
                     "maps class c to C-1-c (up <-> down).",
         epilog="example: python scripts/make_synthetic.py --out data/synthetic --num_videos 300",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--segment", type=int, default=0,
                         help="frames per appearance segment: background and object looks are "
                              "re-drawn this often while the motion continues; 0 = never")
+    parser.add_argument("--looks", type=int, default=0,
+                        help="pool of appearances shared by all videos, each video taking one at "
+                             "random whatever its class (the demo uses 4); 0 = one per video")
     parser.add_argument("--seed", type=int, default=0, help="RNG seed")
     parser.add_argument("--force", action="store_true",
                         help="regenerate even if --out holds a set with the same parameters")
@@ -56,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         csvs = make_synthetic(args.out, num_videos=args.num_videos, frames=args.frames,
                               size=args.size, num_classes=args.num_classes, seed=args.seed,
                               val_fraction=args.val_fraction, segment=args.segment,
+                              looks=args.looks,
                               force=args.force)
     except ValueError as err:
         parser.error(str(err))

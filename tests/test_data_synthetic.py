@@ -113,6 +113,23 @@ def test_looks_change_every_segment_while_motion_continues(tmp_path):
     assert not torch.equal(cut[:, 4:], still[:, 4:])
 
 
+def test_looks_pool_is_shared_across_classes():
+    """looks=3: every video wears one of 3 appearances, drawn whatever its class; the motion
+    parameters stay per video."""
+    drawn = _draw_videos(24, 32, 4, 1, torch.Generator().manual_seed(2), looks=3)
+    assert drawn["look"].min() >= 0 and drawn["look"].max() < 3
+    for key in ("radius", "square", "colour", "cell", "background"):
+        assert len(torch.unique(drawn[key].flatten(1), dim=0)) <= 3
+        first_wearer = {int(k): v for v, k in reversed(list(enumerate(drawn["look"])))}
+        for v in range(24):  # every video wears exactly its look
+            assert torch.equal(drawn[key][v], drawn[key][first_wearer[int(drawn["look"][v])]])
+    classes_per_look = [len(torch.unique(drawn["labels"][drawn["look"] == k])) for k in range(3)]
+    assert max(classes_per_look) > 1  # a look is not a class
+    assert len(torch.unique(drawn["velocity"].flatten(1), dim=0)) == 24
+    unique = _draw_videos(24, 32, 4, 1, torch.Generator().manual_seed(2))
+    assert torch.equal(unique["look"], torch.arange(24))
+
+
 def test_feeds_the_datasets(synthetic):
     clips = PretrainDataset(synthetic["pretrain"], seq=4, sample=2, img_dim=16)[0]
     assert clips.shape == (3, 3, 4, 16, 16)
@@ -128,3 +145,5 @@ def test_class_names_and_argument_checks(tmp_path):
         make_synthetic(tmp_path, num_classes=1)
     with pytest.raises(ValueError, match="num_videos"):
         make_synthetic(tmp_path, num_videos=4, num_classes=4)
+    with pytest.raises(ValueError, match="looks=-1"):
+        make_synthetic(tmp_path, looks=-1)
