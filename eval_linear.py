@@ -26,8 +26,10 @@ neighbours; R@k = a video of the query's class among the k nearest (k = 1, 5, 10
 
 Outputs in --output_dir: args.json, log.jsonl (one line per probe epoch), TensorBoard events (tb/),
 metrics.json (percent: top1, top5, clip_top1, knn_top1, retrieval R@k; init = "pretrained" or
-"random", num_train, num_val, ...). Without --pretrained the backbone is RANDOMLY INITIALISED:
-the baseline every result is compared with (init = "random" in metrics.json).
+"random", num_train, num_val, skipped_videos = videos replaced by another because of a missing or
+corrupt frame, also per split as skipped_videos_train / skipped_videos_val, ...). Without
+--pretrained the backbone is RANDOMLY INITIALISED: the baseline every result is compared with
+(init = "random" in metrics.json).
 
 Examples:
   # UCF101 split 1: linear probe + kNN + retrieval of a pretrained backbone
@@ -54,10 +56,8 @@ from engine.evaluate import (
     RANDOM_INIT_BANNER,
     RETRIEVAL_KS,
     USER_ERRORS,
-    ClassifierHead,
     EpochCallback,
     HelpFormatter,
-    VideoClassifier,
     add_common_args,
     apply_step_schedule,
     assert_state_unchanged,
@@ -81,6 +81,7 @@ from engine.evaluate import (
 from engine import runtime
 from engine.logging import RunLogger, prepare_output_dir, write_json
 from engine.pretrain import start_epoch
+from models import ClassifierHead, VideoClassifier
 
 # (optimiser, lr, weight decay) when not given: CoCLR's two linear-probe recipes
 CACHED_DEFAULTS = ("sgd", 1.0, 1e-3)  # eval/feature_linear_probe.py
@@ -141,22 +142,26 @@ def _check_args(args: argparse.Namespace) -> None:
 def train_probe_end_to_end(model: VideoClassifier, loader: Any, optimizer: torch.optim.Optimizer, *,
                            epochs: int, lr: float, schedule: Sequence[int], device: torch.device,
                            amp_dtype: torch.dtype | None = None, seed: int = 0,
-                           on_epoch: EpochCallback | None = None, show_progress: bool = False) -> None:
+                           on_epoch: EpochCallback | None = None, show_progress: bool = False) -> int:
     """Train ``model.head`` through the frozen backbone (METHOD §5 linear probe, end to end):
     ``model`` must be a ``frozen`` :class:`VideoClassifier` (backbone in eval mode whatever
     ``.train()`` says) and ``optimizer`` must hold only the head (checked). ``loader`` comes from
-    ``make_loader(..., train=True)``; epoch ``e``'s data depends on ``(seed, e)`` only."""
+    ``make_loader(..., train=True)``; epoch ``e``'s data depends on ``(seed, e)`` only. Returns
+    the number of videos skipped (missing/corrupt frames) over all epochs."""
     if not model.frozen:
         raise ValueError("train_probe_end_to_end needs VideoClassifier(..., frozen=True)")
     check_only_head_trains(model, model.head, optimizer)
     scaler = make_scaler(amp_dtype, device)
+    skipped = 0
     for epoch in range(epochs):
         lr_now = apply_step_schedule(optimizer, lr, epoch, schedule)
         start_epoch(loader, seed, 0, epoch)
         stats = train_one_epoch(model, loader, optimizer, scaler, device, amp_dtype,
                                 show_progress, desc=f"probe epoch {epoch}")
+        skipped += stats["skipped_videos"]
         if on_epoch is not None:
             on_epoch(epoch, {**stats, "lr": lr_now}, model.head)
+    return skipped
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -214,18 +219,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logger.print(f"=> {num_classes} classes, {len(train_set)} train / {len(test_set)} test videos; "
                  f"probe: {mode}, {args.optim} lr {args.lr} wd {args.wd}, {args.epochs} epochs")
 
-    def features(dataset: Any, clips_per_video: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    skipped = {"train": 0, "val": 0}  # videos replaced because of a missing/corrupt frame
+
+    def features(dataset: Any, clips_per_video: int, desc: str,
+                 split: str) -> tuple[torch.Tensor, torch.Tensor]:
         batch = eval_batch_size(args.batch_size, clips_per_video)
         loader = make_loader(dataset, batch, args.workers, device)  # in order, every video
-        return extract(model.features, loader, device, amp_dtype, show, desc)
+        x, y, n = extract(model.features, loader, device, amp_dtype, show, desc)
+        skipped[split] += n
+        return x, y
 
     # The backbone is frozen, so every feature is computed once: test (N, K, D), train-split
     # test-style clips = the kNN / retrieval gallery and the un-augmented probe training set.
-    test_x, test_y = features(test_set, args.num_clips * (10 if args.ten_crop else 1), "test features")
+    test_x, test_y = features(test_set, args.num_clips * (10 if args.ten_crop else 1), "test features",
+                              "val")
     gallery_x = gallery_y = None
     if args.knn or args.retrieval or (args.epochs and args.cache_features and not args.aug_epochs):
         gallery_set = clip_dataset(args, args.train_csv, train=False, num_classes=num_classes)
-        gallery_x, gallery_y = features(gallery_set, args.num_clips, "train features (test-style clips)")
+        gallery_x, gallery_y = features(gallery_set, args.num_clips, "train features (test-style clips)",
+                                        "train")
 
     def on_epoch(epoch: int, stats: dict[str, float], trained: ClassifierHead) -> None:
         record: dict[str, Any] = {"epoch": epoch, **stats}
@@ -243,8 +255,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.epochs:
         if args.cache_features:
             if args.aug_epochs:
-                passes = [features(train_set, 1, f"augmented train features {i + 1}/{args.aug_epochs}")
-                          for i in range(args.aug_epochs)]
+                passes = [features(train_set, 1, f"augmented train features {i + 1}/{args.aug_epochs}",
+                                   "train") for i in range(args.aug_epochs)]
                 train_x = torch.cat([x for x, _ in passes]).flatten(0, 1)
                 train_y = torch.cat([y for _, y in passes])
             else:
@@ -257,9 +269,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             loader = make_loader(train_set, args.batch_size, args.workers, device, train=True, seed=args.seed)
             optimizer = build_optimizer([{"params": model.head.parameters()}], args.optim, args.lr, args.wd)
-            train_probe_end_to_end(model, loader, optimizer, epochs=args.epochs, lr=args.lr,
-                                   schedule=args.schedule, device=device, amp_dtype=amp_dtype,
-                                   seed=args.seed, on_epoch=on_epoch, show_progress=show)
+            skipped["train"] += train_probe_end_to_end(
+                model, loader, optimizer, epochs=args.epochs, lr=args.lr, schedule=args.schedule,
+                device=device, amp_dtype=amp_dtype, seed=args.seed, on_epoch=on_epoch,
+                show_progress=show)
         metrics.update(classification_metrics(predict_features(model.head, test_x, device), test_y))
     if args.knn or args.retrieval:  # video features = clip features averaged (METHOD §5)
         test_videos, gallery_videos = test_x.mean(1).to(device), gallery_x.mean(1).to(device)
@@ -274,11 +287,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     assert_state_unchanged(model.backbone, snapshot)  # raises if the frozen backbone moved
     metrics["backbone_unchanged"] = True
+    metrics.update(skipped_videos=skipped["train"] + skipped["val"],
+                   skipped_videos_train=skipped["train"], skipped_videos_val=skipped["val"])
     headline = {k: metrics[k] for k in HEADLINE if k in metrics}
     logger.scalars("test", headline, args.epochs)
     write_json(out / "metrics.json", metrics)
     logger.print("=> " + " ".join(f"{k}={v:.2f}" for k, v in headline.items())
                  + "".join(f" {k}={v:.2f}" for k, v in metrics.get("retrieval", {}).items())
+                 + f" skipped_videos={metrics['skipped_videos']}"
                  + (" (RANDOM INIT)" if init["init"] == "random" else ""))
     logger.close()
     return metrics

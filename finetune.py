@@ -13,9 +13,11 @@ videos and the scores are gathered, so each video counts exactly once.
 
 Outputs in --output_dir: args.json, log.jsonl (one line per epoch), TensorBoard events (tb/),
 checkpoint_last.pth (every epoch), checkpoint_NNNN.pth (every --save_every epochs and the last),
-metrics.json (top1, top5, clip_top1, init, num_train, num_val, ...). Rerunning the same command
-continues the run (--resume auto). Without --pretrained the network is RANDOMLY INITIALISED
-(training from scratch): the baseline every result is compared with (init = "random").
+metrics.json (top1, top5, clip_top1, init, num_train, num_val, skipped_videos = videos replaced by
+another because of a missing or corrupt frame: skipped_videos_train over every training epoch of
+the run, skipped_videos_val in the final test, ...). Rerunning the same command continues the run
+(--resume auto). Without --pretrained the network is RANDOMLY INITIALISED (training from
+scratch): the baseline every result is compared with (init = "random").
 
 Examples:
   # UCF101 split 1, one GPU
@@ -57,9 +59,7 @@ from engine.evaluate import (
     OPTIMIZERS,
     RANDOM_INIT_BANNER,
     USER_ERRORS,
-    ClassifierHead,
     HelpFormatter,
-    VideoClassifier,
     add_common_args,
     apply_step_schedule,
     build_eval_backbone,
@@ -72,11 +72,12 @@ from engine.evaluate import (
     gather_shards,
     make_loader,
     shard_indices,
+    sum_over_ranks,
     train_one_epoch,
 )
 from engine.logging import RunLogger, prepare_output_dir, to_jsonable, write_json
 from engine.pretrain import start_epoch
-from models import build_backbone
+from models import ClassifierHead, VideoClassifier, build_backbone
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,10 +207,12 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
                  f"on {device.type}, amp {amp_dtype}, {args.optim} lr {args.lr} (backbone x{args.backbone_lr_scale})")
 
     def evaluate() -> dict[str, float]:
+        """Test metrics (percent) and ``skipped_videos`` of the test pass, over all ranks."""
         model.eval()
-        logits, labels = extract(model, test_loader, device, amp_dtype, show, "test")
-        return classification_metrics(gather_shards(logits, len(test_set), device),
-                                      gather_shards(labels, len(test_set), device))
+        logits, labels, skipped = extract(model, test_loader, device, amp_dtype, show, "test")
+        return {**classification_metrics(gather_shards(logits, len(test_set), device),
+                                         gather_shards(labels, len(test_set), device)),
+                "skipped_videos": sum_over_ranks(skipped, device)}
 
     for epoch in range(first_epoch, args.epochs):
         lr = apply_step_schedule(optimizer, args.lr, epoch, args.schedule)
@@ -232,14 +235,20 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
             logger.log_epoch(record)
 
     result = evaluate()
+    skipped_val = result.pop("skipped_videos")
     metrics = None
     if main_proc:
+        # every epoch of the run, resumed attempts included (log.jsonl holds one line per epoch)
+        skipped_train = sum(int(r.get("skipped_videos", 0)) for r in logger.read_log())
         metrics = {**result, **config, "num_train": len(train_set), "num_val": len(test_set),
                    "num_clips": args.num_clips, "ten_crop": args.ten_crop, "epochs": args.epochs,
-                   "world_size": info.world_size, "checkpoint": str(out / LAST_NAME)}
+                   "world_size": info.world_size, "checkpoint": str(out / LAST_NAME),
+                   "skipped_videos": skipped_train + skipped_val, "skipped_videos_train": skipped_train,
+                   "skipped_videos_val": skipped_val}
         logger.scalars("test", result, args.epochs)
         write_json(out / "metrics.json", metrics)
         logger.print("=> " + " ".join(f"{k}={v:.2f}" for k, v in result.items())
+                     + f" skipped_videos={metrics['skipped_videos']}"
                      + (" (RANDOM INIT)" if config["init"] == "random" else ""))
     logger.close()
     return metrics

@@ -7,7 +7,9 @@ frame — e.g. a CSV frame count larger than the frames on disk — or a corrupt
 * ``strict=False`` (default): the video is replaced by another one — a random other index in
   training (drawn from the torch RNG, so it stays reproducible), the next index in evaluation (so
   a test pass stays deterministic) — the event is counted in ``dataset.skipped`` (per process:
-  every DataLoader worker keeps its own count), and a warning is issued once per video.
+  every DataLoader worker keeps its own count, so loaders wrap the dataset in
+  :class:`SkipCounting`, whose items carry their count back to the main process), and a warning
+  is issued once per video.
 * ``strict=True``: the error is fatal, naming the file, the CSV and its row.
 
 ``max_retries`` consecutive failures raise a ``RuntimeError`` (a wrong ``--data_root`` should not
@@ -22,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from datasets.csv_io import read_video_csv
 from datasets.frames import FrameError
@@ -86,3 +88,33 @@ class FrameFolderDataset(Dataset):
             warnings.warn(f"skipping a video ({where}): {err}. It is replaced by another video "
                           "and counted in dataset.skipped; this video will not warn again.",
                           RuntimeWarning, stacklevel=3)
+
+
+class SkipCounting(Dataset):
+    """Wraps a dataset with a ``skipped`` counter (corrupt videos replaced by others, see
+    :class:`FrameFolderDataset`) so that each item comes with how many videos it skipped:
+    ``dataset[i]`` -> ``(item, skipped)``; a DataLoader batch is ``(batch, skipped (b,))``. The
+    counter lives in the DataLoader worker that loaded the item, so it has to travel with the
+    batch; the loops sum it (and all-reduce it under DDP).
+
+    The counter is looked up through :class:`~torch.utils.data.Subset` wrappers (a DDP test shard);
+    a dataset without one (e.g. a ``TensorDataset``) always reports 0.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        source: Any = dataset
+        while isinstance(source, Subset):
+            source = source.dataset
+        self._counter: Any = source if hasattr(source, "skipped") else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _skipped(self) -> int:
+        return 0 if self._counter is None else int(self._counter.skipped)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        before = self._skipped()
+        item = self.dataset[index]
+        return item, self._skipped() - before

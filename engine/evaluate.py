@@ -2,10 +2,16 @@
 protocol).
 
 Pure functions of tensors (video-level scoring, top-k, retrieval R@k, kNN, a linear probe trained
-on cached features) plus two small loops over a DataLoader (feature/logit extraction) and the
-probe-hygiene checks of MoCo's ``main_lincls.py`` (freeze everything but the head, assert that the
-optimiser holds only the head, keep the backbone in eval mode, verify afterwards that the backbone
-did not move).
+on cached features) plus two small loops over a DataLoader (feature/logit extraction, one
+supervised epoch) and the probe-hygiene checks of MoCo's ``main_lincls.py`` (assert that the
+optimiser holds only the head, verify afterwards that the backbone did not move). The classifier
+itself — frozen backbone in eval mode or fine-tuned, pooled high feature, head — is
+``models/classifier.py``.
+
+Evaluation loaders (:func:`make_loader`) wrap their dataset in
+:class:`datasets.base.SkipCounting`: a batch is ``(batch, skipped)``, and the loops return how
+many corrupt/missing videos were replaced by others (counted in the DataLoader workers, which
+``dataset.skipped`` in the main process does not see).
 
 Shapes: ``N`` videos, ``K`` clips (x crops) per video, ``D`` feature width, ``C`` classes.
 Accuracies returned by the functions are fractions in [0, 1]; the entry scripts report percent.
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from datasets.base import SkipCounting
 from datasets.csv_io import CsvError
 from datasets.downstream import ClipDataset
 from datasets.frames import FrameError
@@ -36,6 +43,7 @@ from engine.schedule import step_decay_lr
 from models import (
     NETS,
     BackboneLoadError,
+    ClassifierHead,
     build_backbone,
     build_backbone_from_checkpoint,
     load_pretrained_backbone,
@@ -47,85 +55,8 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 
 
 # --------------------------------------------------------------------------------------------
-# Model pieces: pooled high feature -> (L2 norm) -> (BatchNorm1d) -> (dropout) -> linear
-# --------------------------------------------------------------------------------------------
-def pool_high(features: Mapping[str, Tensor] | Tensor) -> Tensor:
-    """Time/space average of the backbone's ``high`` feature map (METHOD §5): ``(N, D, T, H, W)``
-    (or the backbone's output dict) -> ``(N, D)`` in float32."""
-    x = features["high"] if isinstance(features, Mapping) else features
-    if x.dim() != 5:
-        raise ValueError(f"pool_high expects a (N, D, T, H, W) feature map, got shape {tuple(x.shape)}")
-    return x.float().mean(dim=(2, 3, 4))
-
-
-class ClassifierHead(nn.Module):
-    """The downstream head of CoCLR's ``LinearClassifier`` (METHOD §5): optional L2
-    normalisation, optional ``BatchNorm1d`` (``final_bn``), optional dropout (fine-tuning), then
-    one ``nn.Linear`` initialised N(0, 0.01) with zero bias (as in MoCo ``main_lincls.py``)."""
-
-    def __init__(self, dim: int, num_classes: int, final_bn: bool = False, normalize: bool = False,
-                 dropout: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.normalize = normalize
-        self.bn: nn.Module = nn.BatchNorm1d(dim) if final_bn else nn.Identity()
-        self.dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(dim, num_classes)
-        nn.init.normal_(self.fc.weight, mean=0.0, std=0.01)
-        nn.init.zeros_(self.fc.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(N, D)`` features -> ``(N, C)`` logits."""
-        if self.normalize:
-            x = F.normalize(x, dim=1)
-        return self.fc(self.dropout(self.bn(x)))
-
-
-class VideoClassifier(nn.Module):
-    """Backbone -> pooled high feature -> :class:`ClassifierHead` (METHOD §5).
-
-    ``frozen=True`` is the linear probe: every backbone parameter has ``requires_grad=False``,
-    the backbone runs under ``no_grad`` and stays in eval mode whatever ``.train()`` is called
-    (BatchNorm statistics frozen); only the head trains. ``frozen=False`` is fine-tuning.
-    """
-
-    def __init__(self, backbone: nn.Module, head: ClassifierHead, frozen: bool = False) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.frozen = frozen
-        if frozen:
-            freeze(backbone)
-
-    def train(self, mode: bool = True) -> VideoClassifier:
-        super().train(mode)
-        if self.frozen:
-            self.backbone.eval()
-        return self
-
-    def features(self, x: Tensor) -> Tensor:
-        """``(N, 3, T, H, W)`` clips -> ``(N, D)`` pooled high features."""
-        if self.frozen:
-            with torch.no_grad():
-                return pool_high(self.backbone(x))
-        return pool_high(self.backbone(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(N, 3, T, H, W)`` clips -> ``(N, C)`` logits."""
-        return self.head(self.features(x))
-
-
-# --------------------------------------------------------------------------------------------
 # Probe hygiene (MoCo main_lincls.py)
 # --------------------------------------------------------------------------------------------
-def freeze(module: nn.Module) -> None:
-    """``requires_grad=False`` on every parameter and eval mode (BN statistics frozen)."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-    module.eval()
-
-
 def check_only_head_trains(model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Raise ``RuntimeError`` unless the optimiser holds exactly ``head``'s parameters and no
     other parameter of ``model`` requires a gradient (METHOD §5, linear probe)."""
@@ -197,14 +128,17 @@ def apply_step_schedule(optimizer: torch.optim.Optimizer, base_lr: float, epoch:
 @torch.no_grad()
 def extract(fn: Callable[[Tensor], Tensor], loader: Iterable, device: torch.device,
             amp_dtype: torch.dtype | None = None, show_progress: bool = False,
-            desc: str = "extract") -> tuple[Tensor, Tensor]:
+            desc: str = "extract") -> tuple[Tensor, Tensor, int]:
     """Run ``fn`` (clips ``(M, 3, T, H, W)`` -> ``(M, D)``: pooled features or logits) over a
-    loader of ``(clips, label)`` batches; clips are ``(b, 3, T, H, W)`` (one clip per video,
-    ``K = 1``) or ``(b, K, 3, T, H, W)`` (test mode). Returns ``(N, K, D)`` float32 and ``(N,)``
-    int64, both on the CPU, in loader order."""
+    loader of ``((clips, label), skipped)`` batches (:func:`make_loader`); clips are
+    ``(b, 3, T, H, W)`` (one clip per video, ``K = 1``) or ``(b, K, 3, T, H, W)`` (test mode).
+    Returns ``(N, K, D)`` float32 and ``(N,)`` int64, both on the CPU, in loader order, and the
+    number of videos this process's loader skipped (not reduced over ranks)."""
     outputs: list[Tensor] = []
     labels: list[Tensor] = []
-    for clips, label in progress(loader, enabled=show_progress, desc=desc):
+    skipped = 0
+    for (clips, label), skipped_now in progress(loader, enabled=show_progress, desc=desc):
+        skipped += int(skipped_now.sum())
         if clips.dim() == 5:
             clips = clips.unsqueeze(1)
         b, k = clips.shape[:2]
@@ -215,20 +149,24 @@ def extract(fn: Callable[[Tensor], Tensor], loader: Iterable, device: torch.devi
         labels.append(torch.as_tensor(label).long().reshape(b))
     if not outputs:
         raise ValueError(f"{desc}: the loader yielded no batch (empty CSV?)")
-    return torch.cat(outputs), torch.cat(labels)
+    return torch.cat(outputs), torch.cat(labels), skipped
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, device: torch.device,
                     amp_dtype: torch.dtype | None = None, show_progress: bool = False,
                     desc: str = "train") -> dict[str, float]:
-    """One supervised epoch over ``(clips (b, 3, T, H, W), labels (b,))`` batches: cross-entropy,
-    backward through ``scaler``, optimiser step. ``model`` may be DDP-wrapped (totals are
-    all-reduced) or a frozen-backbone :class:`VideoClassifier` (only its head learns). Returns the
-    epoch's mean ``loss`` and ``train_top1`` (percent, clip level)."""
+    """One supervised epoch over ``((clips (b, 3, T, H, W), labels (b,)), skipped (b,))`` batches
+    (:func:`make_loader`): cross-entropy, backward through ``scaler``, optimiser step. ``model``
+    may be DDP-wrapped (totals are all-reduced) or a frozen-backbone
+    :class:`~models.classifier.VideoClassifier` (only its head learns). Returns the epoch's mean
+    ``loss``, ``train_top1`` (percent, clip level) and ``skipped_videos`` (videos replaced by
+    others because of a missing/corrupt frame, summed over ranks)."""
     model.train()
-    totals = torch.zeros(3, device=device)  # loss sum, correct, seen
-    for clips, labels in progress(loader, enabled=show_progress, desc=desc):
+    totals = torch.zeros(4, device=device)  # loss sum, correct, seen, skipped videos
+    skipped = 0
+    for (clips, labels), skipped_now in progress(loader, enabled=show_progress, desc=desc):
+        skipped += int(skipped_now.sum())
         clips = clips.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
@@ -239,12 +177,22 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         scaler.step(optimizer)
         scaler.update()
         n = labels.shape[0]
-        totals += torch.stack([loss.detach() * n, logits.argmax(dim=1).eq(labels).sum().float(),
-                               torch.tensor(float(n), device=device)])
+        totals[:3] += torch.stack([loss.detach() * n, logits.argmax(dim=1).eq(labels).sum().float(),
+                                   torch.tensor(float(n), device=device)])
+    totals[3] = skipped
     dist_utils.all_reduce_sum_(totals)
     if totals[2].item() == 0:
         raise ValueError(f"{desc}: no training batch (fewer training videos than --batch_size?)")
-    return {"loss": (totals[0] / totals[2]).item(), "train_top1": (100.0 * totals[1] / totals[2]).item()}
+    return {"loss": (totals[0] / totals[2]).item(), "train_top1": (100.0 * totals[1] / totals[2]).item(),
+            "skipped_videos": int(totals[3].item())}
+
+
+def sum_over_ranks(count: int, device: torch.device) -> int:
+    """``count`` summed over the ranks of the process group (itself without one): e.g. the
+    skipped videos of each rank's test shard."""
+    if not dist_utils.is_distributed():
+        return count
+    return int(dist_utils.all_reduce_sum_(torch.tensor([count], device=device)).item())
 
 
 def interleave_shards(stacked: Tensor, total: int) -> Tensor:
@@ -577,12 +525,15 @@ def clip_dataset(args: argparse.Namespace, csv_file: str, train: bool, num_class
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device,
                 train: bool = False, seed: int = 0) -> DataLoader:
-    """``train=True``: a shuffling ``DistributedSampler`` over this rank's share (one process:
-    ``num_replicas=1``), ``drop_last`` (``DataTooSmall`` when not one batch is left), its own
-    generator — call ``engine.pretrain.start_epoch``
-    before each epoch so the data of epoch ``e`` depends only on ``(seed, rank, e)`` and a resumed
-    run matches a straight one. ``train=False``: every item once, in dataset order. Workers are
-    seeded by ``engine.runtime.seed_worker``."""
+    """A loader of ``(batch, skipped)`` over ``SkipCounting(dataset)`` (each batch carries how
+    many corrupt/missing videos its items replaced; :func:`extract` and :func:`train_one_epoch`
+    sum them). ``train=True``: a shuffling ``DistributedSampler`` over this rank's share (one
+    process: ``num_replicas=1``), ``drop_last`` (``DataTooSmall`` when not one batch is left), its
+    own generator — call ``engine.pretrain.start_epoch`` before each epoch so the data of epoch
+    ``e`` depends only on ``(seed, rank, e)`` and a resumed run matches a straight one.
+    ``train=False``: every item once, in dataset order. Workers are seeded by
+    ``engine.runtime.seed_worker``."""
+    dataset = SkipCounting(dataset)
     sampler = None
     if train:
         sampler = DistributedSampler(dataset, num_replicas=dist_utils.world_size(), rank=dist_utils.rank(),

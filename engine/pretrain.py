@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from datasets.base import SkipCounting
 from datasets.transforms import color_augment_batch
 from engine.amp import autocast
 from engine.checkpoint import (
@@ -35,30 +36,13 @@ class DataTooSmall(ValueError):
 
 
 # --------------------------------------------------------------------------------------- data
-class SkipCounting(Dataset):
-    """Wraps a dataset with a ``skipped`` counter (corrupt videos replaced by others, see
-    ``datasets/base.py``) so that each item comes with how many videos it skipped: the counter
-    lives in the DataLoader worker that loaded the item, so it has to travel with the batch."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        before = int(getattr(self.dataset, "skipped", 0))
-        item = self.dataset[index]
-        return item, int(getattr(self.dataset, "skipped", 0)) - before
-
-
 def build_loader(dataset: Dataset, info: DistInfo, batch_size: int, workers: int, seed: int) -> DataLoader:
     """A DataLoader over ``dataset`` with a :class:`DistributedSampler` (also for one process:
     ``num_replicas=1``), ``drop_last`` everywhere, per-worker seeds and its own generator.
 
-    Batches are ``(clips, skipped)`` (see :class:`SkipCounting`). Call :func:`start_epoch`
-    before iterating it each epoch. Workers are not persistent, so the worker seeds come from
-    the generator re-seeded each epoch: the data of epoch ``e`` depends only on
+    Batches are ``(clips, skipped)`` (see :class:`datasets.base.SkipCounting`). Call
+    :func:`start_epoch` before iterating it each epoch. Workers are not persistent, so the worker
+    seeds come from the generator re-seeded each epoch: the data of epoch ``e`` depends only on
     ``(seed, rank, e)`` — what makes an interrupted and resumed run match a straight one.
     """
     dataset = SkipCounting(dataset)

@@ -1,6 +1,8 @@
-"""Backbones, motion excitation, heads and the multi-level model (METHOD §2)."""
+"""Backbones, motion excitation, heads and the multi-level model (METHOD §2); the downstream
+classifier of the evaluation protocol (METHOD §5)."""
 
 from models.backbone import Backbone
+from models.classifier import ClassifierHead, VideoClassifier, pool_high
 from models.loading import (
     BackboneLoadError,
     backbone_state_dict,
@@ -16,11 +18,14 @@ __all__ = [
     "NETS",
     "Backbone",
     "BackboneLoadError",
+    "ClassifierHead",
     "MultiLevelModel",
     "MultiLevelOutput",
+    "VideoClassifier",
     "backbone_state_dict",
     "build_backbone",
     "build_backbone_from_checkpoint",
     "build_model",
     "load_pretrained_backbone",
+    "pool_high",
 ]

@@ -9,8 +9,6 @@ import torch
 from torch import nn
 
 from engine.evaluate import (
-    ClassifierHead,
-    VideoClassifier,
     assert_state_unchanged,
     build_optimizer,
     center_normalize,
@@ -26,6 +24,7 @@ from engine.evaluate import (
     train_linear_probe,
     video_scores,
 )
+from models.classifier import ClassifierHead, VideoClassifier
 
 
 def test_video_scores_equal_hand_computed_softmax_average() -> None:

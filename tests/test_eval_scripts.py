@@ -13,15 +13,8 @@ import eval_linear
 import finetune
 from datasets.synthetic import make_synthetic
 from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.evaluate import (
-    ClassifierHead,
-    VideoClassifier,
-    assert_state_unchanged,
-    build_optimizer,
-    make_loader,
-    state_snapshot,
-)
-from models import build_backbone, build_model
+from engine.evaluate import assert_state_unchanged, build_optimizer, make_loader, state_snapshot
+from models import ClassifierHead, VideoClassifier, build_backbone, build_model
 
 TINY = ["--seq", "8", "--img_dim", "32", "--num_clips", "2", "--batch_size", "4",
         "--workers", "0", "--device", "cpu", "--no_progress"]

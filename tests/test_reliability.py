@@ -1,9 +1,11 @@
 """What happens when things go wrong (issue 10): non-finite losses, SIGKILL at any moment,
-corrupt checkpoints, a missing CSV, a failing DDP rank, torchrun restarts."""
+corrupt checkpoints, a missing CSV, a failing DDP rank, torchrun restarts, corrupt frames met by
+evaluation's DataLoader workers."""
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -13,11 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import Subset, TensorDataset
 
+import eval_linear
+import finetune
 import train
+from datasets.base import SkipCounting
+from datasets.downstream import ClipDataset
+from datasets.frames import frame_path
 from engine.runtime import free_port
 from losses.objective import MultiLevelObjective
 from pretrain_helpers import make_videos, tiny_argv
+from visualization import main_temporal
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -195,3 +204,46 @@ def test_torchrun_max_restarts_with_resume_auto_recovers(videos, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_done"] == 2
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0, 1]
+
+
+# ------------------------------------------------------------------ corrupt frames in evaluation
+@pytest.fixture
+def labelled_with_a_corrupt_video(make_frame_folder, write_video_csv) -> str:
+    """A labelled CSV of 4 videos of 8 frames; the last one has an undecodable frame, which every
+    8-frame clip reads."""
+    folders = {name: make_frame_folder(name, num_frames=8, height=32, width=32)
+               for name in ("a", "b", "c", "bad")}
+    with open(frame_path(folders["bad"], 3), "wb") as handle:
+        handle.write(b"\xff\xd8 not a jpeg")
+    return write_video_csv("labelled.csv", [("a", 8, 0), ("b", 8, 1), ("c", 8, 0), ("bad", 8, 1)])
+
+
+def test_skip_counting_sees_through_a_subset_and_survives_pickling(labelled_with_a_corrupt_video):
+    dataset = ClipDataset(labelled_with_a_corrupt_video, seq=8, img_dim=16, train=False, num_clips=1)
+    # a DDP test shard, sent to a worker the way a spawned worker gets it
+    shard = pickle.loads(pickle.dumps(SkipCounting(Subset(dataset, [1, 3]))))
+    assert shard[0][1] == 0
+    with pytest.warns(RuntimeWarning, match="bad/image_00004.jpg"):
+        (clips, label), skipped = shard[1]  # the next video (row 1, label 0) stands in
+    assert skipped == 1 and label == 0 and clips.shape == (1, 3, 8, 16, 16)
+    assert SkipCounting(TensorDataset(torch.zeros(2)))[1][1] == 0  # no counter: nothing skipped
+
+
+def test_evaluation_reports_videos_skipped_in_dataloader_workers(labelled_with_a_corrupt_video, tmp_path):
+    # With --workers 2 the datasets' own counters stay 0 in this process: the counts must come
+    # back with the batches. Each pass over the CSV meets the corrupt video exactly once.
+    csv = labelled_with_a_corrupt_video
+    common = ["--train_csv", csv, "--val_csv", csv, "--net", "r3d_18", "--width", "0.125", "--seq", "8",
+              "--img_dim", "16", "--num_clips", "1", "--batch_size", "2", "--workers", "2",
+              "--device", "cpu", "--no_progress", "--epochs", "1"]
+    linear = eval_linear.main([*common, "--eval_freq", "0", "--output_dir", str(tmp_path / "linear")])
+    tuned = finetune.main([*common, "--eval_freq", "0", "--output_dir", str(tmp_path / "finetune")])
+    order = main_temporal.main([*common, "--num_vis", "0", "--output_dir", str(tmp_path / "temporal")])
+    for out, returned in ((tmp_path / "linear", linear), (tmp_path / "finetune", tuned),
+                          (tmp_path / "temporal", order)):
+        m = json.loads((out / "metrics.json").read_text())
+        assert m == json.loads(json.dumps(returned))
+        # one pass over the train split (test-style features / one epoch) and one test pass
+        assert (m["skipped_videos"], m["skipped_videos_train"], m["skipped_videos_val"]) == (2, 1, 1)
+    log = [json.loads(line) for line in (tmp_path / "finetune" / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped_videos"] for r in log] == [1]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.evaluate import pool_high
+from models.classifier import pool_high
 from visualization.cam import (
     NORMAL,
     REVERSED,

@@ -13,8 +13,7 @@ from PIL import Image
 from torchvision.io import encode_jpeg
 
 from datasets.frames import frame_path
-from engine.evaluate import pool_high
-from models import build_backbone
+from models import build_backbone, pool_high
 from visualization.cam import class_activation_maps, order_pairs, upsample_cam
 from visualization.main_temporal import OrderClipDataset, build_parser, main
 

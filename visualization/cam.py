@@ -48,7 +48,7 @@ def class_activation_maps(features: Tensor, weight: Tensor) -> Tensor:
     feature map ``features (N, C, t, h, w)``; returns ``(N, K, t, h, w)`` (K = 2 for the probe).
 
     By linearity, ``class_activation_maps(f, w).mean((2, 3, 4))`` equals the head's logits on the
-    pooled feature, ``engine.evaluate.pool_high(f) @ w.T``.
+    pooled feature, ``models.classifier.pool_high(f) @ w.T``.
     """
     if features.dim() != 5 or weight.dim() != 2 or features.shape[1] != weight.shape[1]:
         raise ValueError(

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from datasets.base import FrameFolderDataset
+from datasets.base import FrameFolderDataset, SkipCounting
 from datasets.frames import load_clip
 from datasets.sampling import eval_clip_indices, train_clip_indices
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainAugment
@@ -47,7 +47,6 @@ from engine.amp import AMP_CHOICES, autocast, make_scaler, resolve_amp
 from engine.evaluate import (
     OPTIMIZERS,
     RANDOM_INIT_BANNER,
-    VideoClassifier,
     apply_step_schedule,
     assert_state_unchanged,
     build_eval_backbone,
@@ -59,7 +58,7 @@ from engine.evaluate import (
 )
 from engine.logging import RunLogger, prepare_output_dir, write_json
 from engine.runtime import DEVICE_CHOICES, resolve_device, seed_everything, seed_worker
-from models import NETS, BackboneLoadError
+from models import NETS, BackboneLoadError, VideoClassifier
 from visualization.cam import (
     NORMAL,
     REVERSED,
@@ -103,8 +102,9 @@ class OrderClipDataset(FrameFolderDataset):
 
 
 class OrderPairs:
-    """A loader of ``(clips, _)`` batches seen as ``(inputs, targets)`` batches of the probe:
-    each batch's clips followed by their time-reversed copies (:func:`order_pairs`)."""
+    """A loader of ``((clips, _), skipped)`` batches (:func:`make_loader`) seen as
+    ``((inputs, targets), skipped)`` batches of the probe: each batch's clips followed by their
+    time-reversed copies (:func:`order_pairs`)."""
 
     def __init__(self, loader: DataLoader) -> None:
         self.loader = loader
@@ -112,9 +112,9 @@ class OrderPairs:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for clips, _ in self.loader:
-            yield order_pairs(clips)
+    def __iter__(self) -> Iterator[tuple[tuple[Tensor, Tensor], Tensor]]:
+        for (clips, _), skipped in self.loader:
+            yield order_pairs(clips), skipped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
             "(PNG strips and GIFs under OUTPUT_DIR/cam/). CSV labels are ignored."),
         epilog=(
             "Outputs: args.json, log.jsonl (one line per epoch), probe_head.pt (the head's "
-            "weight), metrics.json (temporal_order_acc in percent, num_val, init, per-video "
-            "probabilities), cam/<index>_<video>.png and .gif.\n"
+            "weight), metrics.json (temporal_order_acc in percent, num_val, init, skipped_videos, "
+            "per-video probabilities), cam/<index>_<video>.png and .gif.\n"
             "Example: python -m visualization.main_temporal --pretrained ckpt.pth "
             "--train_csv train.csv --val_csv val.csv --output_dir runs/temporal"),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -209,7 +209,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool,
                 args: argparse.Namespace, device: torch.device) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False,
+    """A loader of ``(batch, skipped)``: items carry how many corrupt/missing videos they
+    replaced, counted in the worker that loaded them (:class:`datasets.base.SkipCounting`)."""
+    return DataLoader(SkipCounting(dataset), batch_size=batch_size, shuffle=shuffle, drop_last=False,
                       num_workers=args.workers, pin_memory=device.type == "cuda",
                       worker_init_fn=seed_worker, persistent_workers=False,
                       generator=torch.Generator().manual_seed(args.seed))
@@ -305,28 +307,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     snapshot = state_snapshot(backbone)
     train_loader = make_loader(train_set, args.batch_size, True, args, device)
     stats: dict[str, float] = {}
+    skipped_train = 0
     for epoch in range(args.epochs):
         lr = apply_step_schedule(optimizer, args.lr, epoch, args.schedule)
         stats = train_one_epoch(model, OrderPairs(train_loader), optimizer, scaler, device,
                                 amp_dtype, show_progress=show, desc=f"epoch {epoch}")
+        skipped_train += stats["skipped_videos"]
         logger.log_epoch({"epoch": epoch, "lr": lr, **stats})
     assert_state_unchanged(backbone, snapshot)
     model.eval()
     torch.save({"weight": head.weight.detach().cpu(), "backbone": described}, out / "probe_head.pt")
 
     val_loader = make_loader(val_set, max(1, args.batch_size // args.num_clips), False, args, device)
-    logits, _ = extract(order_logits(model), val_loader, device, amp_dtype, show, desc="validate")
+    logits, _, skipped_val = extract(order_logits(model), val_loader, device, amp_dtype, show,
+                                     desc="validate")
     metrics: dict[str, Any] = {
         **order_accuracy(logits.unflatten(2, (2, 2))),
         "num_val": len(val_set), "num_val_clips": int(logits.shape[0] * logits.shape[1]),
         "init": described["init"], "net": described["net"], "width": described["width"],
         "pretrained": described["pretrained"], "epochs": args.epochs,
         "train_loss": stats.get("loss"), "train_acc": stats.get("train_top1"),
-        "skipped_videos": train_set.skipped + val_set.skipped,
+        "skipped_videos": skipped_train + skipped_val,
+        "skipped_videos_train": skipped_train, "skipped_videos_val": skipped_val,
         "backbone_unchanged": True,  # assert_state_unchanged above raises otherwise
     }
     logger.print(f"temporal-order accuracy on {len(val_set)} val videos x {args.num_clips} clips "
-                 f"x 2 orders: {metrics['temporal_order_acc']:.2f}% (chance 50%)")
+                 f"x 2 orders: {metrics['temporal_order_acc']:.2f}% (chance 50%); "
+                 f"skipped_videos={metrics['skipped_videos']}")
 
     if vis:
         vis_set = OrderClipDataset(args.val_csv, args.seq, args.img_dim, train=False, ds=args.ds,
