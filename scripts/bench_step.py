@@ -26,12 +26,14 @@ only the first variant of a process sees a fresh peak), and a tensor estimate th
 depend on the allocator: parameters × 4 (weights, gradients, Adam's two moments) + the distinct
 storages autograd saves for backward (``saved_tensors_hooks``) in one real step.
 
-Variants (CUDA): ``--amp bf16`` (one autocast context, as train.py), ``--channels_last``
-(weights and input in ``channels_last_3d``), ``--compile`` (``torch.compile`` of the model; the
-objective stays eager). ``--compare`` runs fp32, bf16, channels-last (fp32 and bf16) and compile
-(fp32 and bf16) one after another and prints a table with ratios vs fp32, plus each variant's
-first-step loss vs fp32's (same initial weights, inputs and queue). On CPU these variants are
-skipped with a message unless ``--force_variants`` (only to test the code paths).
+Variants: ``--amp bf16`` (one autocast context, as train.py), ``--channels_last`` (weights and
+input in ``channels_last_3d``: the layout train.py and the evaluation scripts use on every
+device), ``--compile`` (``torch.compile`` of the model; the objective stays eager). ``--compare``
+runs fp32 (contiguous), bf16, channels-last (fp32 and bf16) and compile (fp32 and bf16) one after
+another and prints a table with ratios vs fp32, plus each variant's first-step loss vs fp32's
+(same initial weights, inputs and queue). On CPU the autocast and compile variants are skipped
+with a message unless ``--force_variants`` (only to test the code paths); fp32 and channels-last
+are compared on CPU too.
 
     python scripts/bench_step.py                                   # R3D-18, 16x112^2, batch 4
     python scripts/bench_step.py --width 0.25 --seq 16 --img_dim 32 --batch 4  # tiny CPU setting
@@ -79,7 +81,9 @@ class Variant:
 
     @property
     def cuda_only(self) -> bool:
-        return self.amp != "off" or self.channels_last or self.compile
+        """bf16/fp16 autocast and torch.compile: measured on CUDA only (channels-last is
+        train.py's layout on every device, so it is compared on CPU too)."""
+        return self.amp != "off" or self.compile
 
 
 COMPARE = {  # --variants key -> variant, in the order --compare runs them
@@ -116,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels_last", action="store_true", help="channels_last_3d weights/input")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--compare", action="store_true",
-                   help="run fp32 / bf16 / channels-last / compile side by side (CUDA)")
+                   help="run fp32 / bf16 / channels-last / compile side by side (CPU: fp32 and channels-last)")
     p.add_argument("--variants", default=",".join(COMPARE),
                    help=f"with --compare: comma-separated subset of {','.join(COMPARE)} "
                         "(default all; fp32 is always run, as the reference)")

@@ -57,9 +57,10 @@ def test_bench_step_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     assert r["clips_per_s"] > 0 and r["step_s"] > 0 and r["trivial_s"] > 0
     assert math.isfinite(r["first_loss"]) and r["tensor_estimate_bytes"] > 0
     assert -1 < r["objective_fraction"] < 1
-    # The CUDA-only variants: skipped on CPU with a message, or forced to test their code paths.
+    # The CUDA-only variants: skipped on CPU with a message (channels-last runs on CPU too), or
+    # forced to test their code paths.
     res = bench_step.main(common + ["--compare", "--variants", "bf16,cl"])
-    assert list(res) == ["fp32"] and "skipping" in capsys.readouterr().out
+    assert list(res) == ["fp32", "channels_last_3d"] and "skipping bf16 autocast" in capsys.readouterr().out
     # seq 8: torch 2.14.1's oneDNN bf16 conv3d backward on CPU corrupts the heap at T = 4.
     forced = common + ["--compare", "--variants", "bf16,cl", "--force_variants", "--seq", "8"]
     res = bench_step.main(forced)
