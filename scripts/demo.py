@@ -3,21 +3,24 @@
 -> ``report.md`` with a table whose every number is read from the runs' ``metrics.json``.
 
 Each stage is the real entry script run as a subprocess with its real flags, so every command in
-the report can be pasted into a shell. Stages whose ``metrics.json`` already exists are reused
-(delete the folder, or pass ``--fresh``, to recompute).
+the report can be pasted into a shell. A stage that finished with the same command is reused
+(``--fresh`` recomputes all); one whose command changed is recomputed from an empty folder.
 
     python scripts/demo.py --output_dir runs/demo
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,12 +65,17 @@ class Setting:
     # (2 steps per epoch); 0.1 was better for random init and pretrained alike (README).
     probe_lr: float = 0.1
     order_epochs: int = 10
+    # The temporal-order probe runs on the videos of this one motion class. Reversing a video maps
+    # class c to class C-1-c (datasets/synthetic.py), so over all classes a reversed clip looks like
+    # a forward clip of another class and every backbone is at chance (measured; README). Within
+    # one class the reversed clips move the other way, which the features must see.
+    order_class: int = 0
 
 
 SETTINGS = {
     # About 10 minutes on 2 CPU cores, everything included.
-    "cpu": Setting(net="r3d_18", width=0.25, seq=16, img_dim=32, channel=64, cluster=32, batch=16,
-                   epochs=16, split=5, lr_decay=16, lr=3e-3, num_videos=480, frames=48, size=40),
+    "cpu": Setting(net="r3d_18", width=0.125, seq=16, img_dim=32, channel=64, cluster=32, batch=8,
+                   epochs=8, split=4, lr_decay=8, lr=3e-3, num_videos=480, frames=48, size=40),
     # A GPU takes seconds for the CPU setting; this one is wider and longer.
     "gpu": Setting(net="r3d_18", width=0.5, seq=16, img_dim=64, channel=128, cluster=64, batch=32,
                    epochs=60, split=20, lr_decay=45, lr=1e-3, num_videos=1200, frames=64, size=72,
@@ -85,22 +93,61 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def run_stage(name: str, argv: list[str], out_dir: Path, fresh: bool, log: list[str]) -> dict:
-    """Run one entry script unless its ``metrics.json`` exists; return that metrics dict."""
-    metrics_path = out_dir / "metrics.json"
-    command = [sys.executable, *argv]
+# A variant that differs from another only in the graph term, which starts at the split epoch,
+# is that run up to the split: it continues from the other run's checkpoint there instead of
+# recomputing the same epochs (train.py --resume; the data of epoch e depends only on the seed).
+CONTINUES_AT_SPLIT: dict[str, str] = {"no_graph": "full"}
+
+STAGE_RECORD = "demo_stage.json"  # the command and input files a stage folder was made by
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_stage(name: str, argv: list[str], out_dir: Path, fresh: bool, log: list[str],
+              inputs: Sequence[Path] = ()) -> dict:
+    """Run one entry script into ``out_dir`` and return its ``metrics.json``.
+
+    ``inputs``: the files the stage reads besides its flags (the data set's record, the checkpoint
+    it evaluates or continues from). A finished stage made by the same command from the same input
+    bytes is reused. One made by another command or from other inputs (the setting changed, a
+    pretraining run was recomputed), or any stage under ``fresh``, starts from an empty folder, so
+    a pretraining run never resumes from another run's checkpoint and no probe reports on a stale
+    one; an interrupted stage runs again in place (``train.py --resume auto`` continues it)."""
+    metrics_path, record_path = out_dir / "metrics.json", out_dir / STAGE_RECORD
     log.append(" ".join(shlex.quote(part) for part in [Path(sys.executable).name, *argv]))
-    if fresh or not metrics_path.exists():
-        print(f"\n=== {name}: {log[-1]}", flush=True)
-        start = time.perf_counter()
-        subprocess.run(command, cwd=REPO, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        print(f"=== {name} took {time.perf_counter() - start:.0f} s", flush=True)
-    else:
+    record = {"argv": argv, "inputs": {str(path): file_digest(path) for path in inputs}}
+    recorded = json.loads(record_path.read_text()) if record_path.exists() else None
+    if not fresh and recorded == record and metrics_path.exists():
         print(f"=== {name}: reusing {metrics_path}", flush=True)
+        return json.loads(metrics_path.read_text())
+    if fresh or recorded != record:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(record_path, record)
+    print(f"\n=== {name}: {log[-1]}", flush=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *argv], cwd=REPO, check=True,
+                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    print(f"=== {name} took {time.perf_counter() - start:.0f} s", flush=True)
     return json.loads(metrics_path.read_text())
 
 
-def pretrain_argv(setting: Setting, csv: str, out_dir: Path, variant_flags: list[str]) -> list[str]:
+def split_checkpoint(setting: Setting, pretrain_dir: Path) -> Path:
+    """The checkpoint a pretraining run writes after ``setting.split`` epochs."""
+    return pretrain_dir / f"checkpoint_{setting.split:04d}.pth"
+
+
+def pretrain_argv(setting: Setting, csv: str, out_dir: Path, variant_flags: list[str],
+                  start: Path | None = None) -> list[str]:
+    """``train.py`` flags of one pretraining run; ``start``: continue from that checkpoint (the
+    split-epoch checkpoint of the run it shares its first epochs with) instead of epoch 0."""
     s = setting
     return ["train.py", "--csv_file", csv, "--net", s.net, "--width", str(s.width),
             "--seq", str(s.seq), "--img_dim", str(s.img_dim), "--channel", str(s.channel),
@@ -108,8 +155,24 @@ def pretrain_argv(setting: Setting, csv: str, out_dir: Path, variant_flags: list
             "--split", str(s.split), "--lr_decay", str(s.lr_decay), "--lr", str(s.lr),
             "--queue_start", str(s.queue_start), "--queue_size", str(s.queue_size),
             "--color_strength", str(s.color_strength), "--grayscale_p", str(s.grayscale_p),
-            "--workers", str(s.workers), "--save_every", str(s.epochs),
-            "--output_dir", str(out_dir), "--resume", "auto", *variant_flags]
+            "--workers", str(s.workers), "--save_every", str(s.split),
+            "--output_dir", str(out_dir), "--resume", "auto" if start is None else str(start),
+            *variant_flags]
+
+
+def pretrain_plan(setting: Setting, csv: str, pretrain_dirs: dict[str, Path],
+                  variants: dict[str, list[str]]) -> dict[str, tuple[str, list[str], Path | None]]:
+    """Stage label, ``train.py`` flags and starting checkpoint (``None``: epoch 0) of each
+    variant's pretraining, in running order. A variant of :data:`CONTINUES_AT_SPLIT` whose parent
+    runs too starts from the parent's split-epoch checkpoint (when the split falls inside the run)."""
+    plan = {}
+    for variant, flags in variants.items():
+        parent = CONTINUES_AT_SPLIT.get(variant)
+        shared = parent in variants and 0 < setting.split < setting.epochs
+        start = split_checkpoint(setting, pretrain_dirs[parent]) if shared else None
+        label = f"pretrain ({variant}" + (f", from {parent} at epoch {setting.split})" if shared else ")")
+        plan[variant] = (label, pretrain_argv(setting, csv, pretrain_dirs[variant], flags, start), start)
+    return plan
 
 
 def backbone_flags(setting: Setting, checkpoint: Path | None) -> list[str]:
@@ -128,11 +191,26 @@ def linear_argv(setting: Setting, csvs: dict[str, str], out_dir: Path,
             "--retrieval", "--workers", str(s.workers), "--no_progress", "--output_dir", str(out_dir)]
 
 
-def temporal_argv(setting: Setting, csvs: dict[str, str], out_dir: Path,
+def one_class_csvs(csvs: dict[str, str], label: int, out_dir: Path) -> dict[str, str]:
+    """The train and val CSVs of the synthetic set restricted to one class, written to ``out_dir``.
+
+    Paths stay relative to the data set's folder (the probe gets it as ``--data_root``)."""
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    subset = {}
+    for split in ("train", "val"):
+        table = pd.read_csv(csvs[split], header=None, names=["path", "num_frames", "label"])
+        subset[split] = str(out_dir / f"{split}_class{label}.csv")
+        table[table["label"] == label].to_csv(subset[split], header=False, index=False)
+    return subset
+
+
+def temporal_argv(setting: Setting, csvs: dict[str, str], data_root: str, out_dir: Path,
                   checkpoint: Path | None, num_vis: int) -> list[str]:
     s = setting
     return ["visualization/main_temporal.py", "--train_csv", csvs["train"], "--val_csv", csvs["val"],
-            *backbone_flags(s, checkpoint), "--seq", str(s.seq), "--img_dim", str(s.img_dim),
+            "--data_root", data_root, *backbone_flags(s, checkpoint), "--seq", str(s.seq), "--img_dim", str(s.img_dim),
             "--epochs", str(s.order_epochs), "--num_vis", str(num_vis), "--workers", str(s.workers),
             "--no_progress", "--output_dir", str(out_dir)]
 
@@ -141,9 +219,10 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
-def results_table(rows: dict[str, dict]) -> str:
+def results_table(rows: dict[str, dict], order_videos: str) -> str:
     """Markdown table of the headline figures, every cell read from a ``metrics.json``."""
-    header = ("| init | linear top-1 | kNN top-1 | R@1 | R@5 | temporal order | final pretrain loss |\n"
+    header = (f"| init | linear top-1 | kNN top-1 | R@1 | R@5 | temporal order ({order_videos}) "
+              "| final pretrain loss |\n"
               "|---|---|---|---|---|---|---|\n")
     lines = []
     for name, row in rows.items():
@@ -156,6 +235,17 @@ def results_table(rows: dict[str, dict]) -> str:
     return header + "\n".join(lines) + "\n"
 
 
+def epoch_records(pretrain_dirs: dict[str, Path], variant: str) -> list[dict]:
+    """The per-epoch ``log.jsonl`` records of a run, with those of the run it continued from
+    (:data:`CONTINUES_AT_SPLIT`) for the epochs it did not compute itself."""
+    own = [json.loads(line) for line in (pretrain_dirs[variant] / "log.jsonl").read_text().splitlines()]
+    parent = CONTINUES_AT_SPLIT.get(variant)
+    if parent not in pretrain_dirs:
+        return own
+    first = min((r["epoch"] for r in own), default=0)
+    return [r for r in epoch_records(pretrain_dirs, parent) if r["epoch"] < first] + own
+
+
 def plot(rows: dict[str, dict], pretrain_dirs: dict[str, Path], path: Path) -> None:
     """Loss curves of every pretraining run and the linear-probe accuracies, one PNG."""
     import matplotlib
@@ -163,8 +253,8 @@ def plot(rows: dict[str, dict], pretrain_dirs: dict[str, Path], path: Path) -> N
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, folder in pretrain_dirs.items():
-        records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    for name in pretrain_dirs:
+        records = epoch_records(pretrain_dirs, name)
         left.plot([r["epoch"] for r in records], [r["loss"] for r in records], marker="o", label=name)
     left.set(xlabel="epoch", ylabel="total pretraining loss", title="pretraining")
     left.legend()
@@ -190,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="scale: cpu (about 10 min on 2 cores), gpu; auto = gpu when CUDA is there")
     parser.add_argument("--no_ablations", action="store_true",
                         help="only the full objective against random init")
-    parser.add_argument("--fresh", action="store_true", help="recompute stages that already have metrics")
+    parser.add_argument("--fresh", action="store_true", help="recompute every stage from an empty folder")
     return parser
 
 
@@ -198,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     import torch
 
-    from datasets.synthetic import make_synthetic
+    from datasets.synthetic import class_names, make_synthetic
 
     name = args.setting
     if name == "auto":
@@ -206,37 +296,52 @@ def main(argv: list[str] | None = None) -> dict:
     setting = SETTINGS[name]
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    started = time.perf_counter()
     commands: list[str] = []
 
     csvs = make_synthetic(args.data_dir, num_videos=setting.num_videos, frames=setting.frames,
                           size=setting.size, num_classes=setting.num_classes,
                           segment=setting.segment, looks=setting.looks, seed=0)
+    print(f"=== synthetic data set in {args.data_dir}: ready after {time.perf_counter() - started:.0f} s "
+          "(made once, then reused)", flush=True)
     variants = {"full": VARIANTS["full"]} if args.no_ablations else VARIANTS
     pretrain_dirs = {v: out / f"pretrain_{v}" for v in variants}
-    rows: dict[str, dict] = {}
-    rows["random"] = {"linear": run_stage("linear probe, random init",
-                                          linear_argv(setting, csvs, out / "linear_random", None),
-                                          out / "linear_random", args.fresh, commands)}
-    for variant, flags in variants.items():
-        pre = run_stage(f"pretrain ({variant})",
-                        pretrain_argv(setting, csvs["pretrain"], pretrain_dirs[variant], flags),
-                        pretrain_dirs[variant], args.fresh, commands)
-        checkpoint = pretrain_dirs[variant] / "checkpoint_last.pth"
-        linear = run_stage(f"linear probe ({variant})",
-                           linear_argv(setting, csvs, out / f"linear_{variant}", checkpoint),
-                           out / f"linear_{variant}", args.fresh, commands)
-        rows[variant] = {"pretrain": pre, "linear": linear}
-    for variant, checkpoint in (("random", None), ("full", pretrain_dirs["full"] / "checkpoint_last.pth")):
-        rows[variant]["temporal"] = run_stage(
-            f"temporal-order probe + CAM ({variant})",
-            temporal_argv(setting, csvs, out / f"temporal_{variant}", checkpoint,
-                          num_vis=2 if variant == "full" else 0),
-            out / f"temporal_{variant}", args.fresh, commands)
+    num_stages, done = 1 + 3 * len(variants) + 1, 0
 
-    table = results_table(rows)
+    data_record = Path(csvs["train"]).parent / "synthetic.json"  # the data set's parameters
+
+    def stage(name: str, argv: list[str], out_dir: Path, checkpoint: Path | None) -> dict:
+        nonlocal done
+        done += 1
+        inputs = [data_record] + ([] if checkpoint is None else [checkpoint])
+        return run_stage(f"[{done}/{num_stages}] {name}", argv, out_dir, args.fresh, commands, inputs)
+
+    rows: dict[str, dict] = {}
+    rows["random"] = {"linear": stage("linear probe, random init",
+                                      linear_argv(setting, csvs, out / "linear_random", None),
+                                      out / "linear_random", None)}
+    plan = pretrain_plan(setting, csvs["pretrain"], pretrain_dirs, variants)
+    for variant, (label, argv, resume_from) in plan.items():
+        pre = stage(label, argv, pretrain_dirs[variant], resume_from)
+        checkpoint = pretrain_dirs[variant] / "checkpoint_last.pth"
+        linear = stage(f"linear probe ({variant})",
+                       linear_argv(setting, csvs, out / f"linear_{variant}", checkpoint),
+                       out / f"linear_{variant}", checkpoint)
+        rows[variant] = {"pretrain": pre, "linear": linear}
+    order_csvs = one_class_csvs(csvs, setting.order_class, out / "order_data")
+    order_videos = f"`{class_names(setting.num_classes)[setting.order_class]}` videos"
+    for variant in rows:
+        checkpoint = None if variant == "random" else pretrain_dirs[variant] / "checkpoint_last.pth"
+        rows[variant]["temporal"] = stage(
+            f"temporal-order probe{' + CAM' if variant == 'full' else ''} ({variant})",
+            temporal_argv(setting, order_csvs, os.path.dirname(csvs["train"]),
+                          out / f"temporal_{variant}", checkpoint,
+                          num_vis=2 if variant == "full" else 0),
+            out / f"temporal_{variant}", checkpoint)
+
+    table = results_table(rows, order_videos)
     plot(rows, pretrain_dirs, out / "curves.png")
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - started
     gain = rows["full"]["linear"]["top1"] - rows["random"]["linear"]["top1"]
     cams = sorted(str(p.relative_to(out)) for p in (out / "temporal_full").rglob("*.png"))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"

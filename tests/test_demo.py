@@ -22,6 +22,23 @@ def test_each_ablation_is_a_train_py_command_line(tmp_path, variant):
     assert args.w_ins == 1.0 and args.epoch == demo.SETTINGS["cpu"].epochs
 
 
+def test_no_graph_continues_from_the_full_run_at_the_split_epoch(tmp_path):
+    setting = demo.SETTINGS["cpu"]
+    dirs = {v: tmp_path / v for v in demo.VARIANTS}
+    plan = demo.pretrain_plan(setting, "pretrain.csv", dirs, demo.VARIANTS)
+    assert list(plan) == list(demo.VARIANTS)  # the full run comes before the run that uses it
+    parsed = {v: train.build_parser().parse_args(argv[1:]) for v, (_, argv, _) in plan.items()}
+    assert 0 < setting.split < setting.epochs and parsed["full"].save_every == setting.split
+    split_checkpoint = dirs["full"] / f"checkpoint_{setting.split:04d}.pth"
+    assert parsed["no_graph"].resume == str(split_checkpoint) and plan["no_graph"][2] == split_checkpoint
+    assert {parsed[v].resume for v in ("full", "no_temporal", "instance_only")} == {"auto"}
+    # without the full run, or with the graph from epoch 0, no_graph starts from scratch
+    alone = demo.pretrain_plan(setting, "pretrain.csv", dirs, {"no_graph": demo.VARIANTS["no_graph"]})
+    early = demo.pretrain_plan(replace(setting, split=0), "pretrain.csv", dirs, demo.VARIANTS)
+    for plan in (alone, early):
+        assert train.build_parser().parse_args(plan["no_graph"][1][1:]).resume == "auto"
+
+
 def test_tiny_demo_end_to_end(tmp_path, monkeypatch):
     tiny = replace(demo.SETTINGS["cpu"], width=0.125, seq=4, img_dim=16, channel=16, cluster=8,
                    batch=4, epochs=1, split=0, lr_decay=1, num_videos=16, frames=12, size=16,
@@ -43,3 +60,54 @@ def test_tiny_demo_end_to_end(tmp_path, monkeypatch):
     assert "python train.py --csv_file" in report  # the commands behind the table
     assert (out / "curves.png").stat().st_size > 0
     assert any((out / "temporal_full").rglob("*.png"))  # CAM images
+
+    # the temporal-order probe runs on the videos of one class, for every row of the table
+    val = (tmp_path / "data" / "val.csv").read_text().splitlines()
+    order_val = (out / "order_data" / f"val_class{tiny.order_class}.csv").read_text().splitlines()
+    assert order_val == [row for row in val if row.endswith(f",{tiny.order_class}")] and order_val
+    for init in ("random", "full"):
+        order = json.loads((out / f"temporal_{init}" / "metrics.json").read_text())
+        assert order["num_val"] == len(order_val)
+        assert summary["rows"][init]["temporal_order_acc"] == pytest.approx(order["temporal_order_acc"])
+    assert "temporal order (`up` videos)" in report
+
+
+def write_metrics_argv(out, value: int) -> list[str]:
+    """A stage command that writes ``{"value": value}`` to ``out/metrics.json``."""
+    code = "import json, sys; json.dump({'value': int(sys.argv[2])}, open(sys.argv[1] + '/metrics.json', 'w'))"
+    return ["-c", code, str(out), str(value)]
+
+
+def test_stage_reuse_follows_its_command(tmp_path):
+    out, log = tmp_path / "stage", []
+    assert demo.run_stage("s", write_metrics_argv(out, 1), out, False, log) == {"value": 1}
+    marker = out / "checkpoint_last.pth"
+    marker.write_text("a file the stage left")
+
+    # same command, finished: reused as it is
+    assert demo.run_stage("s", write_metrics_argv(out, 1), out, False, log) == {"value": 1}
+    assert marker.exists()
+    # same command, interrupted (no metrics.json): runs again in place, keeping what it left
+    (out / "metrics.json").unlink()
+    assert demo.run_stage("s", write_metrics_argv(out, 1), out, False, log) == {"value": 1}
+    assert marker.exists()
+    # another command: starts from an empty folder
+    assert demo.run_stage("s", write_metrics_argv(out, 2), out, False, log) == {"value": 2}
+    assert not marker.exists()
+    # --fresh: starts from an empty folder too
+    marker.write_text("again")
+    assert demo.run_stage("s", write_metrics_argv(out, 2), out, True, log) == {"value": 2}
+    assert not marker.exists()
+    assert len(log) == 5
+
+    # the same command on an input file whose bytes changed (a recomputed checkpoint): recomputed
+    checkpoint = tmp_path / "checkpoint_last.pth"
+    checkpoint.write_bytes(b"weights 1")
+    assert demo.run_stage("s", write_metrics_argv(out, 3), out, False, log, [checkpoint]) == {"value": 3}
+    marker.write_text("left")
+    checkpoint.write_bytes(b"weights 1")  # rewritten with the same bytes: reused
+    assert demo.run_stage("s", write_metrics_argv(out, 3), out, False, log, [checkpoint]) == {"value": 3}
+    assert marker.exists()
+    checkpoint.write_bytes(b"weights 2")
+    assert demo.run_stage("s", write_metrics_argv(out, 3), out, False, log, [checkpoint]) == {"value": 3}
+    assert not marker.exists()

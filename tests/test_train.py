@@ -129,6 +129,25 @@ def test_interrupted_and_resumed_run_matches_straight_run(straight_run, videos, 
     assert "nothing to do" in capsys.readouterr().out and again["loss"] == second["loss"]
 
 
+def test_run_continued_from_a_split_checkpoint_without_graph_matches_a_fresh_one(straight_run, videos,
+                                                                                tmp_path):
+    """scripts/demo.py computes ``no_graph`` as the full run's epochs before ``--split`` (the graph
+    term starts there) continued with ``--w_graph 0``: the same run as ``--w_graph 0`` from scratch."""
+    _, with_graph = straight_run
+    shared = tmp_path / "full"
+    train.main(tiny_argv(videos, shared, "--epoch", "1", "--split", "1", "--seed", "3"))
+    no_graph = ("--epoch", "2", "--split", "1", "--seed", "3", "--w_graph", "0")
+    continued = train.main(tiny_argv(videos, tmp_path / "continued", *no_graph,
+                                     "--resume", str(shared / "checkpoint_0001.pth")))
+    fresh = train.main(tiny_argv(videos, tmp_path / "fresh", *no_graph))
+    assert "graph" not in fresh["loss_parts"] and "graph" in with_graph["loss_parts"]
+    assert continued["loss"] == pytest.approx(fresh["loss"], abs=1e-6)
+    assert abs(fresh["loss"] - with_graph["loss"]) > 1e-3  # the flag matters after the split
+    a = load_checkpoint(tmp_path / "continued" / "checkpoint_last.pth")["model"]
+    b = load_checkpoint(tmp_path / "fresh" / "checkpoint_last.pth")["model"]
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) < 1e-6
+
+
 def test_gpu_augment_run_matches_the_loader_colour_run(straight_run, videos, tmp_path, capsys):
     """--gpu_augment draws the same colour factors and moves only where they are applied (here
     the training device is the CPU), so the run matches the straight run up to float rounding."""
