@@ -180,7 +180,9 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
     config.update(num_classes=num_classes, dropout=args.dropout, final_bn=args.final_bn)
     head = ClassifierHead(backbone.out_channels["high"], num_classes, final_bn=args.final_bn,
                           dropout=args.dropout)
-    model = VideoClassifier(backbone, head).to(device)
+    # channels_last_3d as in build_eval_backbone, also for a backbone rebuilt to resume (the same
+    # layout gives the same float rounding, so a resumed run matches a straight one exactly)
+    model = VideoClassifier(backbone, head).to(device, memory_format=torch.channels_last_3d)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     ddp_model = runtime.wrap_ddp(model, info, find_unused_parameters=False)
