@@ -25,7 +25,7 @@ demo: install
 bench: install
 	$(PY) scripts/bench_objective.py --quick
 	$(PY) scripts/bench_loader.py --quick
-	$(PY) scripts/bench_step.py --quick
+	$(PY) scripts/bench_step.py --quick --compare --variants cl
 
 clean:
 	rm -rf $(VENV) runs

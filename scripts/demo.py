@@ -58,6 +58,8 @@ class Setting:
     # learning within the demo's budget (measured; README, demo section): weaker colour here.
     color_strength: float = 0.0
     grayscale_p: float = 0.0
+    # DataLoader workers of every stage. On 2 cores, 2 workers beside 2 compute threads slowed a
+    # pretraining epoch from ~9 s to 14-16 s (measured; README); 1 keeps up (data wait ~3 %).
     workers: int = 2
     num_clips: int = 4
     probe_epochs: int = 100
@@ -75,7 +77,8 @@ class Setting:
 SETTINGS = {
     # About 10 minutes on 2 CPU cores, everything included.
     "cpu": Setting(net="r3d_18", width=0.125, seq=16, img_dim=32, channel=64, cluster=32, batch=8,
-                   epochs=8, split=4, lr_decay=8, lr=3e-3, num_videos=480, frames=48, size=40),
+                   epochs=12, split=6, lr_decay=12, lr=3e-3, num_videos=480, frames=48, size=40,
+                   workers=1),
     # A GPU takes seconds for the CPU setting; this one is wider and longer.
     "gpu": Setting(net="r3d_18", width=0.5, seq=16, img_dim=64, channel=128, cluster=64, batch=32,
                    epochs=60, split=20, lr_decay=45, lr=1e-3, num_videos=1200, frames=64, size=72,
@@ -277,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", default="data/synthetic_demo",
                         help="synthetic data set (made once, reused while its parameters match)")
     parser.add_argument("--setting", choices=["auto", *SETTINGS], default="auto",
-                        help="scale: cpu (about 10 min on 2 cores), gpu; auto = gpu when CUDA is there")
+                        help="scale: cpu (about 8 min on 2 cores), gpu; auto = gpu when CUDA is there")
     parser.add_argument("--no_ablations", action="store_true",
                         help="only the full objective against random init")
     parser.add_argument("--fresh", action="store_true", help="recompute every stage from an empty folder")
