@@ -240,7 +240,8 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
                               color_on_device=args.gpu_augment)
     loader = build_loader(dataset, info, args.train_batch, args.workers, args.seed)
     # channels_last_3d on every device: the oneDNN (CPU) and cuDNN convolutions are faster in it
-    # (CPU: 1.32-1.37x per step, scripts/bench_step.py --compare; README "Performance").
+    # (CPU, 2 threads: 1.09-1.21x per step at 16x112^2, 1.03-1.37x at the demo's sizes on three
+    # CPUs; scripts/bench_step.py --compare, README "Performance").
     model = build_model(net=args.net, width=args.width, channel=args.channel, cluster=args.cluster)
     model = model.to(device, memory_format=torch.channels_last_3d)
     objective = MultiLevelObjective.from_args(args).to(device)
