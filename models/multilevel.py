@@ -22,20 +22,21 @@ class MultiLevelModel(nn.Module):
     ``forward(clips)`` takes ``(b, n+1, 3, T, H, W)``: ``n`` local clips then the global clip
     (last index of dim 1), and runs the backbone once on all ``b·(n+1)`` clips. Per level:
 
-    - **low, mid**: the feature maps of the local clips are time-flipped and appended to the
-      batch (normal order first — all ``b·(n+1)`` clips — then the ``b·n`` reversed local clips),
-      passed through that level's :class:`MotionExcitation` block, and adaptive-average-pooled to
+    - **low, mid**: the feature maps are concatenated with their time-flipped copy (the batch
+      doubles: all ``b·(n+1)`` clips in normal order first, then all of them reversed), passed
+      through that level's :class:`MotionExcitation` block, and adaptive-average-pooled to
       ``(t, 1, 1)``; **high**: pooled to ``(t, 1, 1)`` directly (``t`` from ``time_steps``,
-      default 8/4/2).
-    - ``proj_ℓ`` and ``graph_ℓ`` (2-layer MLPs) see the sequence **averaged over time first**
-      ("pool then MLP": one MLP call per clip instead of ``t``, the cheaper of the two orders
-      the spec allows). ``proj_ℓ`` runs on the normal-order local clips and, for low/mid, on
-      their reversed copies; ``graph_ℓ`` on the normal-order local clips, only when
-      ``with_graph`` is set.
-    - ``fine_ℓ`` runs per time step on the normal-order sequences of the local and global clips.
-    - The **global head** maps the time-pooled high feature of each local clip to an
-      L2-normalised ``channel``-vector; ``prototypes`` (``Linear(channel, cluster, bias=False)``)
-      turn it into prototype scores.
+      default 8/4/2). No objective uses the reversed global clip; it is in the batch, as in the
+      reference code, so that the block's BatchNorm statistics are those of the doubled batch.
+    - Every head MLP (2 layers) runs **per time step**. ``proj_ℓ`` and ``graph_ℓ`` then average
+      over time (one vector per clip); ``fine_ℓ`` keeps the steps. ``proj_ℓ`` runs on the
+      normal-order local clips and, for low/mid, on their reversed copies; ``graph_ℓ`` on the
+      normal-order local clips, only when ``with_graph`` is set; ``fine_ℓ`` on the normal-order
+      local and global clips.
+    - The **global head** maps the time-pooled high feature to an L2-normalised
+      ``channel``-vector and ``prototypes`` (``Linear(channel, cluster, bias=False)``) turn it
+      into prototype scores. It runs on all ``b·(n+1)`` clips, as in the reference code (its
+      BatchNorm sees the global clips too); only the local clips' scores are returned.
 
     All output tensors are float32, also under autocast. ``config`` holds the constructor
     arguments (JSON-able) so that ``MultiLevelModel(**config)`` rebuilds the model.
@@ -85,17 +86,17 @@ class MultiLevelModel(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Time sequences ``(b, n+1, t, c)`` of all clips in normal order and, for the motion
         levels, ``(b, n, t, c)`` of the time-reversed local clips (METHOD §2)."""
-        if level in self.motion:
-            reversed_local = feature.unflatten(0, (b, n + 1))[:, :n].flip(3).flatten(0, 1)
-            feature = self.motion[level](torch.cat([feature, reversed_local]))
+        if level in self.motion:  # (b·(n+1), c, T, h, w): time is dim 2
+            feature = self.motion[level](torch.cat([feature, feature.flip(2)]))
         seq = (
             F.adaptive_avg_pool3d(feature, (self.time_steps[level], 1, 1))
             .flatten(2)
             .transpose(1, 2)
         )
         normal = seq[: b * (n + 1)].unflatten(0, (b, n + 1))
-        reversed_ = seq[b * (n + 1) :].unflatten(0, (b, n)) if level in self.motion else None
-        return normal, reversed_
+        if level not in self.motion:
+            return normal, None
+        return normal, seq[b * (n + 1) :].unflatten(0, (b, n + 1))[:, :n]
 
     def forward(self, clips: Tensor, with_graph: bool = False) -> MultiLevelOutput:
         """``clips (b, n+1, 3, T, H, W)`` (global clip last) → :class:`MultiLevelOutput`;
@@ -108,19 +109,20 @@ class MultiLevelModel(nn.Module):
         b, n = clips.shape[0], clips.shape[1] - 1
         features = self.backbone(clips.flatten(0, 1))
         proj, proj_reversed, fine_local, fine_global, graph = {}, {}, {}, {}, {}
-        pooled: dict[str, Tensor] = {}  # time-pooled normal-order local clips, (b, n, c)
+        high_pooled = None  # time-pooled high feature of all b·(n+1) clips, (b, n+1, c)
         for level in LEVELS:
             normal, reversed_ = self._sequences(level, features[level], b, n)
+            if level == "high":
+                high_pooled = normal.mean(dim=2)
             fine = self.fine[level](normal).float()
             fine_local[level], fine_global[level] = fine[:, :n], fine[:, n]
-            pooled[level] = normal[:, :n].mean(dim=2)
-            proj[level] = self.proj[level](pooled[level]).float()
+            proj[level] = self.proj[level](normal[:, :n]).mean(dim=2).float()
             if reversed_ is not None:
-                proj_reversed[level] = self.proj[level](reversed_.mean(dim=2)).float()
+                proj_reversed[level] = self.proj[level](reversed_).mean(dim=2).float()
             if with_graph:
-                graph[level] = self.graph[level](pooled[level]).float()
-        embedding = self.global_head(pooled["high"].flatten(0, 1))
-        scores = self.prototypes(embedding).unflatten(0, (b, n)).float()
+                graph[level] = self.graph[level](normal[:, :n]).mean(dim=2).float()
+        embedding = self.global_head(high_pooled.flatten(0, 1))
+        scores = self.prototypes(embedding).unflatten(0, (b, n + 1))[:, :n].float()
         return MultiLevelOutput(
             proj=proj,
             proj_reversed=proj_reversed,

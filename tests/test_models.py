@@ -234,16 +234,17 @@ def test_reversed_copies_are_time_flipped_local_features() -> None:
         low = seen["backbone"]
         local = low.unflatten(0, (b, n + 1))[:, :n].flatten(0, 1)
         me_input = seen["me_input"]
-        # normal order first (all clips), then the time-flipped local clips
-        assert me_input.shape[0] == b * (n + 1) + b * n
+        # the batch doubles: every clip in normal order first, then every clip time-flipped
+        assert me_input.shape[0] == 2 * b * (n + 1)
         assert torch.equal(me_input[: b * (n + 1)], low)
-        assert torch.equal(me_input[b * (n + 1) :], torch.flip(local, dims=[2]))
+        assert torch.equal(me_input[b * (n + 1) :], torch.flip(low, dims=[2]))
 
         def proj_of(features: Tensor) -> Tensor:
-            pooled = F.adaptive_avg_pool3d(model.motion["low"](features), (8, 1, 1)).mean(
-                dim=(2, 3, 4)
-            )
-            return model.proj["low"](pooled).unflatten(0, (b, n))
+            """METHOD §2 read literally: the MLP per time step, then the mean over time."""
+            pooled = F.adaptive_avg_pool3d(model.motion["low"](features), (8, 1, 1))
+            steps = pooled.flatten(2).transpose(1, 2)  # (clips, t, c)
+            per_step = torch.stack([model.proj["low"](steps[:, k]) for k in range(steps.shape[1])], 1)
+            return per_step.mean(dim=1).unflatten(0, (b, n))
 
         torch.testing.assert_close(out.proj_reversed["low"], proj_of(torch.flip(local, dims=[2])))
         torch.testing.assert_close(out.proj["low"], proj_of(local))
