@@ -4,9 +4,9 @@ METHOD §1 augmentation, applied independently to every clip of a sample:
 
 * one random-resized-crop box (area 0.5–1, aspect 3/4–4/3) and one horizontal flip for the whole
   clip, on uint8 (:meth:`PretrainAugment.geometric`: one resize call for the clip's crops);
-* colour jitter (brightness 0.5, contrast 0.5, saturation 0.5, hue 0.25) with factors drawn **per
-  frame**;
 * random "grayscale" with p = 0.5 **per frame**: one random RGB channel copied to all three;
+* colour jitter (brightness 0.5, contrast 0.5, saturation 0.5, hue 0.25) with factors drawn **per
+  frame** (after the grayscale, in METHOD §1's order and the reference code's);
 * ImageNet mean/std.
 
 The colour part is split in two: :func:`draw_color_params` draws a clip's per-frame factors (on
@@ -68,17 +68,15 @@ def random_resized_crop_box(height: int, width: int, scale: tuple[float, float] 
     fits = [(int(h), int(w)) for h, w in zip(hs, ws) if 0 < w <= width and 0 < h <= height]
     if fits:
         h, w = fits[0]
+        return int(top_frac * (height - h + 1)), int(left_frac * (width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
     else:
-        in_ratio = width / height
-        if in_ratio < ratio[0]:
-            w, h = width, int(round(width / ratio[0]))
-        elif in_ratio > ratio[1]:
-            h, w = height, int(round(height * ratio[1]))
-        else:
-            w, h = width, height
-    top = int(top_frac * (height - h + 1))
-    left = int(left_frac * (width - w + 1))
-    return top, left, h, w
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 # ------------------------------------------------------------------------------ drawing
@@ -196,46 +194,42 @@ def _jitter_chunk_(x: torch.Tensor, params: ColorParams, scale: float) -> None:
         _shift_hue_(x, factor("hue").view(frames, 1, 1))
 
 
-def _source_planes(clips: int, frames: int, params: ColorParams | None,
-                   device: torch.device) -> torch.Tensor:
-    """For ``normalize``: the input plane (of ``(clips, T, 3)`` planes) that each output plane
-    (of ``(clips, 3, T)``) copies; the channel grayscale sends all three to the chosen channel."""
-    frame = torch.arange(clips * frames, device=device).view(clips, frames, 1)
-    channel = torch.arange(3, device=device).view(1, 1, 3)
-    if params is not None and "gray" in params:
-        gray = params["gray"].to(device).reshape(clips, frames, 1)
-        chosen = params["gray_channel"].to(device).reshape(clips, frames, 1)
-        channel = torch.where(gray, chosen, channel)
-    return (frame * 3 + channel).transpose(1, 2).reshape(-1)
+def channel_grayscale(x: torch.Tensor, params: ColorParams) -> torch.Tensor:
+    """Per-frame channel "grayscale" (METHOD §1) of frames ``(..., 3, H, W)`` of any dtype.
 
-
-def normalize(x: torch.Tensor, params: ColorParams | None = None) -> torch.Tensor:
-    """Per-frame channel grayscale + ImageNet mean/std (METHOD §1): float ``(..., T, 3, H, W)``
-    in ``[0, 1]`` → contiguous ``(..., 3, T, H, W)``.
-
-    With ``gray``/``gray_channel`` in ``params`` (frame-shaped, see :data:`ColorParams`), every
-    chosen frame has its chosen channel copied to all three: the output planes are gathered from
-    the input planes in one ``index_select`` (no advanced indexing), then normalised in place.
+    ``params``: :data:`ColorParams` whose ``gray``/``gray_channel`` are shaped like the frame
+    dimensions ``(...)``; every chosen frame gets its chosen channel copied to all three. One
+    plane gather (``index_select``), no loop and no advanced indexing. Returns a new contiguous
+    tensor of ``x``'s shape.
     """
+    height, width = x.shape[-2:]
+    frames = x.numel() // (3 * height * width)
+    frame = torch.arange(frames, device=x.device).view(frames, 1)
+    channel = torch.arange(3, device=x.device).view(1, 3)
+    gray = params["gray"].to(x.device).reshape(frames, 1)
+    chosen = params["gray_channel"].to(x.device).reshape(frames, 1)
+    index = (frame * 3 + torch.where(gray, chosen, channel)).reshape(-1)
+    return x.reshape(-1, height, width).index_select(0, index).view(x.shape)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet mean/std (METHOD §1): float ``(..., T, 3, H, W)`` in ``[0, 1]`` → contiguous
+    ``(..., 3, T, H, W)``, in one subtraction into the transposed output and one in-place scale."""
     lead, frames, (height, width) = x.shape[:-4], x.shape[-4], x.shape[-2:]
     out = x.new_empty((*lead, 3, frames, height, width))
-    mean = x.new_tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
+    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     scale = 1.0 / x.new_tensor(IMAGENET_STD).view(3, 1, 1, 1)
-    if params is not None and "gray" in params:
-        index = _source_planes(math.prod(lead), frames, params, x.device)
-        torch.index_select(x.reshape(-1, height, width), 0, index,
-                           out=out.view(-1, height, width))
-        out.sub_(mean)
-    else:
-        torch.sub(x, mean.view(1, 3, 1, 1), out=out.transpose(-4, -3))
+    torch.sub(x, mean, out=out.transpose(-4, -3))
     return out.mul_(scale)
 
 
 def color_augment(clips: torch.Tensor, params: ColorParams) -> torch.Tensor:
     """The colour part of the METHOD §1 augmentation, on uint8 clips ``(..., T, 3, H, W)``.
 
-    Per frame: colour jitter with the drawn factors (:func:`_jitter_`), then the channel
-    grayscale and the ImageNet normalisation (:func:`normalize`). ``params``:
+    Per frame, in METHOD §1's order (the reference code's too): the channel grayscale on the
+    uint8 planes (:func:`channel_grayscale`), colour jitter with the drawn factors
+    (:func:`_jitter_`; on a grayscale frame only brightness and contrast change anything), then
+    the ImageNet normalisation (:func:`normalize`). ``params``:
     :data:`ColorParams` shaped like the frame dimensions ``(..., T)`` (on any device; moved to the
     clips'). Vectorised over all leading dimensions, so one call handles one clip in a loader
     worker or a whole batch ``(B, n+1, T, 3, S, S)`` on the training device.
@@ -246,10 +240,12 @@ def color_augment(clips: torch.Tensor, params: ColorParams) -> torch.Tensor:
     if clips.dtype != torch.uint8 or clips.dim() < 4 or clips.shape[-3] != 3:
         raise ValueError(f"expected uint8 clips (..., T, 3, H, W), got {clips.dtype} "
                          f"{tuple(clips.shape)}")
+    if "gray" in params:
+        clips = channel_grayscale(clips, params)
     x = clips.reshape(-1, *clips.shape[-3:]).to(torch.float32,
                                                 memory_format=torch.contiguous_format)
     _jitter_(x, params, scale=1.0 / 255.0)
-    return normalize(x.view(clips.shape), params)
+    return normalize(x.view(clips.shape))
 
 
 def color_augment_batch(batch: tuple[torch.Tensor, ColorParams],
@@ -284,13 +280,12 @@ def color_jitter_per_frame(x: torch.Tensor, brightness: float = 0.5, contrast: f
 def random_channel_grayscale(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     """With probability ``p`` per frame, copy one random RGB channel to all three (METHOD §1).
 
-    ``x``: ``(T, 3, H, W)``, any dtype. Draws as :func:`draw_color_params`; the result is one
-    plane gather (``index_select``), no loop over frames.
+    ``x``: ``(T, 3, H, W)``, any dtype. Draws as :func:`draw_color_params`, applies
+    :func:`channel_grayscale`.
     """
-    frames, height, width = x.shape[0], x.shape[-2], x.shape[-1]
-    params = draw_color_params(frames, 0, 0, 0, 0, grayscale_p=p)
-    index = _source_planes(1, frames, params, x.device).view(3, frames).t().reshape(-1)
-    return x.reshape(-1, height, width).index_select(0, index).view(x.shape)
+    if p <= 0:
+        return x.clone()
+    return channel_grayscale(x, draw_color_params(x.shape[0], 0, 0, 0, 0, grayscale_p=p))
 
 
 def _to_float(clip: torch.Tensor) -> torch.Tensor:
@@ -303,9 +298,9 @@ class PretrainAugment:
     """The METHOD §1 pretraining augmentation of one clip: uint8 ``(T,3,H,W)`` → float ``(3,T,S,S)``.
 
     Order: one crop box + resize to ``img_dim`` (uint8, antialiased bilinear) → one flip (p=0.5)
-    (:meth:`geometric`) → per-frame colour jitter → per-frame channel grayscale → ImageNet
-    normalisation (:meth:`draw_color` + :func:`color_augment`). Jitter comes before grayscale (as
-    SimCLR/MoCo v2), so grayscale frames keep their brightness/contrast change.
+    (:meth:`geometric`) → per-frame channel grayscale → per-frame colour jitter → ImageNet
+    normalisation (:meth:`draw_color` + :func:`color_augment`): METHOD §1's order, which is the
+    reference code's (``RandomGray`` before ``ColorJitter``).
     """
 
     def __init__(self, img_dim: int = 112, scale: tuple[float, float] = (0.5, 1.0),

@@ -11,9 +11,9 @@ pipelines, so they draw the same window):
   per-frame colour draws, and the colour part runs batched in the training step;
 * **baseline**: the reference code's pipeline: ``PIL.Image.open`` per distinct frame, every frame
   resized to 200×150, then per clip one ``RandomResizedCrop.get_params`` box and one flip decision,
-  and per frame PIL ``resized_crop``, ``hflip``, ``ColorJitter(0.5, 0.5, 0.5, 0.25)``,
-  ``RandomGrayscale(0.5)``, ``ToTensor``, ``Normalize``, then ``stack`` (torchvision.transforms,
-  PIL-based);
+  and per frame PIL ``resized_crop``, ``hflip``, ``RandomGrayscale(0.5)``,
+  ``ColorJitter(0.5, 0.5, 0.5, 0.25)`` (the reference's order), ``ToTensor``, ``Normalize``, then
+  ``stack`` (torchvision.transforms, PIL-based);
 * **decode-only bound**: reading the same distinct frames and ``torchvision.io.decode_jpeg`` on
   them (one batched call), nothing else: no pipeline can beat it on this CPU without caching
   decoded frames.
@@ -163,7 +163,7 @@ class ReferencePipeline:
             if flip:
                 image = TF1.hflip(image)
             if self.colour:
-                image = self.gray(self.jitter(image))
+                image = self.jitter(self.gray(image))
             frames.append(self.normalize(TF1.to_tensor(image)))
         return torch.stack(frames, 1)
 

@@ -64,6 +64,25 @@ def test_grayscale_is_drawn_per_frame_and_copies_one_channel():
     assert torch.equal(out[~gray], clip[~gray])
 
 
+def test_grayscale_comes_before_the_jitter():
+    """METHOD §1 (and the reference code): a grayscale frame is one raw channel, so saturation and
+    hue leave it gray; jitter first would copy a hue-rotated channel instead."""
+    red = torch.zeros(1, 1, 3, 4, 4, dtype=torch.uint8)
+    red[:, :, 0] = 255
+    params = {"hue": torch.full((1, 1), 0.5), "saturation": torch.full((1, 1), 1.5),
+              "gray": torch.ones(1, 1, dtype=torch.bool), "gray_channel": torch.zeros(1, 1, dtype=torch.long)}
+    out = unnormalize(color_augment(red, params)[0])  # (T, 3, H, W) in [0, 255]
+    torch.testing.assert_close(out, torch.full_like(out, 255.0), atol=1e-3, rtol=0)
+
+
+def test_crop_box_falls_back_to_the_centre():
+    """A 16:9 frame too wide for any 4:3-or-narrower box of the drawn areas: torchvision's rule,
+    a centred box of the widest allowed aspect."""
+    torch.manual_seed(0)
+    boxes = {random_resized_crop_box(10, 100, scale=(0.9, 1.0)) for _ in range(20)}
+    assert boxes == {(0, (100 - 13) // 2, 10, 13)}
+
+
 def test_jitter_equals_torchvision_per_frame_with_per_frame_factors():
     torch.manual_seed(1)
     x = torch.rand(1, 3, 10, 12).expand(6, 3, 10, 12).contiguous()
@@ -129,14 +148,14 @@ def test_rejects_non_uint8_clips():
 # ---------------------------------------------------------------- the fast path vs a plain reference
 def reference_frame(frame: torch.Tensor, b: float, c: float, s: float, h: float,
                     gray_channel: int | None) -> torch.Tensor:
-    """METHOD §1 colour part of one uint8 frame (3, H, W), written plainly with torchvision:
-    jitter in the fixed order, the channel copy as a loop, then Normalize."""
+    """METHOD §1 colour part of one uint8 frame (3, H, W), written plainly with torchvision: the
+    channel copy as a loop, then the jitter in the fixed order, then Normalize."""
     x = frame.float() / 255
-    x = TF.adjust_hue(TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(x, b), c), s), h)
     if gray_channel is not None:
         source = x[gray_channel].clone()
         for channel in range(3):
             x[channel] = source
+    x = TF.adjust_hue(TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(x, b), c), s), h)
     return TF.normalize(x, list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
