@@ -8,8 +8,10 @@ A CSV row names one video as a folder of frames ``image_00001.jpg … image_%05d
 Rules (METHOD §1):
 
 * No header is required; an optional one is accepted. The first non-empty row is taken as a
-  header when its ``num_frames`` field contains no digit (e.g. ``path,num_frames,label`` or the
-  reference README's ``path/to/video/frame,number_of_frames``).
+  header when its ``num_frames`` field names a frame count: no digit, and the word ``frame``
+  in it (``path,num_frames,label``, the reference README's
+  ``path/to/video/frame,number_of_frames``). Any other non-numeric count, first row included,
+  is a row error.
 * Relative paths are resolved against ``data_root`` when given, else against the CSV's folder.
 * An unlabelled read accepts a third column and ignores it, so a labelled CSV can serve for
   pretraining; a labelled read requires exactly three columns.
@@ -39,7 +41,7 @@ from datasets.frames import frame_path
 
 logger = logging.getLogger(__name__)
 
-_DIGIT = re.compile(r"\d")
+_HEADER_COUNT = re.compile(r"^[^\d]*frame[^\d]*$", re.IGNORECASE)  # e.g. num_frames
 _CHECK_THREADS = 16
 _MAX_LISTED = 5
 
@@ -105,7 +107,7 @@ def read_video_csv(
             fields = [f.strip() for f in fields]
             if not any(fields):
                 continue
-            if first and len(fields) >= 2 and not _DIGIT.search(fields[1]):
+            if first and len(fields) >= 2 and _HEADER_COUNT.match(fields[1]):
                 first = False  # header row
                 continue
             first = False

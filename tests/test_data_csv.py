@@ -55,6 +55,11 @@ def test_malformed_rows_name_file_row_and_fix(write_video_csv, rows, labelled, n
     assert message.startswith(csv_file) and needle in message and "Fix:" in message
 
 
+def test_a_bad_count_in_the_first_row_is_an_error_not_a_header(write_video_csv):
+    with pytest.raises(CsvError, match=r"row 1: num_frames 'abc' is not a positive integer"):
+        read_video_csv(write_video_csv("bad.csv", [("v1", "abc"), ("v2", 50)]), labelled=False)
+
+
 def test_negative_label_without_num_classes(write_video_csv):
     with pytest.raises(CsvError, match=r"row 1: label '-2' is not an integer >= 0\. Fix: use 0-based"):
         read_video_csv(write_video_csv("neg.csv", [("a", 40, -2)]), labelled=True)
