@@ -5,7 +5,8 @@
 Every ``.mp4 .avi .mkv .webm .mov`` file below ``--src`` is decoded with PyAV (no ``ffmpeg``
 binary needed; H.264, MPEG-4/XviD, VP8/9, … — whatever the bundled FFmpeg decodes) and written as
 ``<dst>/<relative path without extension>/image_00001.jpg …`` (1-based, 5 digits), resized so the
-short side is ``--short_side`` (aspect kept; 0 keeps the size) and JPEG-encoded with
+short side is ``--short_side`` (aspect kept; 0 keeps the size), or to a fixed ``--size WxH`` (the
+reference code squashed every frame to 200x150 before its crops), and JPEG-encoded with
 ``torchvision.io.encode_jpeg``.
 
 Resumable: a finished video gets a ``.done`` file holding its frame count; videos with a
@@ -53,8 +54,12 @@ def find_videos(src: str) -> list[str]:
     return found
 
 
-def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """``(width, height)`` with the short side scaled to ``short_side`` (0: unchanged)."""
+def output_size(width: int, height: int, short_side: int,
+                size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``(width, height)`` with the short side scaled to ``short_side`` (0: unchanged), or
+    ``size`` when given."""
+    if size is not None:
+        return size
     if short_side <= 0:
         return width, height
     scale = short_side / min(width, height)
@@ -79,8 +84,10 @@ def _write_batch(folder: str, first: int, images: list[torch.Tensor], quality: i
             handle.write(data.numpy().tobytes())
 
 
-def extract_video(src_path: str, out_folder: str, short_side: int, quality: int) -> int:
-    """Decode one video into ``out_folder``; return the number of frames written.
+def extract_video(src_path: str, out_folder: str, short_side: int, quality: int,
+                  size: tuple[int, int] | None = None) -> int:
+    """Decode one video into ``out_folder``, frames resized by :func:`output_size`; return the
+    number of frames written.
 
     Raises:
         av.error.FFmpegError / OSError / ValueError: the file cannot be opened or has no frames.
@@ -96,16 +103,16 @@ def extract_video(src_path: str, out_folder: str, short_side: int, quality: int)
             raise ValueError("no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        size = None
+        out_size = None
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError:
                 continue  # a corrupt packet: skip it, as the ffmpeg CLI does
             for frame in frames:
-                if size is None:
-                    size = output_size(frame.width, frame.height, short_side)
-                rgb = frame.reformat(width=size[0], height=size[1], format="rgb24",
+                if out_size is None:
+                    out_size = output_size(frame.width, frame.height, short_side, size)
+                rgb = frame.reformat(width=out_size[0], height=out_size[1], format="rgb24",
                                      interpolation="AREA").to_ndarray()
                 pending.append(torch.from_numpy(rgb).permute(2, 0, 1))
                 if len(pending) == _ENCODE_BATCH:
@@ -122,15 +129,15 @@ def extract_video(src_path: str, out_folder: str, short_side: int, quality: int)
     return count
 
 
-def _process(job: tuple[str, str, str, int, int]) -> Result:
-    rel, src, dst, short_side, quality = job
+def _process(job: tuple[str, str, str, int, int, tuple[int, int] | None]) -> Result:
+    rel, src, dst, short_side, quality, size = job
     out_folder = os.path.join(dst, os.path.splitext(rel)[0])
     done = read_done(out_folder)
     if done is not None:
         return Result(rel, "skipped", done)
     try:
         return Result(rel, "extracted", extract_video(os.path.join(src, rel), out_folder,
-                                                      short_side, quality))
+                                                      short_side, quality, size))
     except (av.error.FFmpegError, OSError, ValueError, RuntimeError) as err:
         _remove_partial(out_folder)
         return Result(rel, "failed", 0, f"{type(err).__name__}: {err}")
@@ -163,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--short_side", type=int, default=128,
                         help="resize so the shorter side has this many pixels, aspect kept; "
                              "0 keeps the original size (default: 128)")
+    parser.add_argument("--size", default=None, metavar="WxH",
+                        help="resize every frame to exactly W x H pixels instead (e.g. 200x150, "
+                             "the reference's size: 4:3 frames whatever the video's aspect)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="parallel processes; 1 runs in this process (default: min(8, CPUs))")
     parser.add_argument("--quality", type=int, default=90,
@@ -180,13 +190,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--quality must be in 1..100, got {args.quality}")
     if args.short_side < 0 or args.workers < 1:
         parser.error("--short_side must be >= 0 and --workers >= 1")
+    size = None
+    if args.size is not None:
+        parts = args.size.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            parser.error(f"--size takes WIDTHxHEIGHT in pixels, e.g. 200x150; got {args.size!r}")
+        size = (int(parts[0]), int(parts[1]))
     src, dst = os.path.abspath(args.src), os.path.abspath(args.dst)
     videos = find_videos(src)
     if not videos:
         print(f"no {'/'.join(e[1:] for e in VIDEO_EXTENSIONS)} files under {src}", file=sys.stderr)
         return 1
     os.makedirs(dst, exist_ok=True)
-    jobs = [(rel, src, dst, args.short_side, args.quality) for rel in videos]
+    jobs = [(rel, src, dst, args.short_side, args.quality, size) for rel in videos]
     if args.workers == 1:
         results = [_process(job) for job in tqdm(jobs, desc="extract", unit="video")]
     else:

@@ -77,6 +77,17 @@ def test_extraction_resumes_and_reports_failures(tmp_path, write_video_file, cap
     assert "1 videos extracted (9 frames)" in capsys.readouterr()[0]
 
 
+def test_extraction_to_a_fixed_size(tmp_path, write_video_file):
+    src, dst = tmp_path / "videos", tmp_path / "frames"
+    src.mkdir()
+    write_video_file(src / "wide.mp4", 5, width=64, height=36)
+    assert extract_frames.main(["--src", str(src), "--dst", str(dst), "--size", "40x30",
+                                "--workers", "1"]) == 0
+    assert decode_jpeg(read_file(str(dst / "wide" / "image_00001.jpg"))).shape == (3, 30, 40)
+    with pytest.raises(SystemExit):
+        extract_frames.main(["--src", str(src), "--dst", str(dst), "--size", "40by30"])
+
+
 def test_extraction_argument_errors(tmp_path):
     with pytest.raises(SystemExit):
         extract_frames.main(["--src", str(tmp_path / "missing"), "--dst", str(tmp_path)])
