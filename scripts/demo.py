@@ -105,7 +105,8 @@ VARIANTS: dict[str, list[str]] = {
 # recomputing the same epochs (train.py --resume; the data of epoch e depends only on the seed).
 CONTINUES_AT_SPLIT: dict[str, str] = {"no_graph": "full"}
 
-STAGE_RECORD = "demo_stage.json"  # the command and input files a stage folder was made by
+STAGE_RECORD = "demo_stage.json"  # the command, input files and code a stage folder was made by
+CODE_DIRS = ("datasets", "engine", "losses", "models", "visualization")  # + the top-level scripts
 
 
 def file_digest(path: Path) -> str:
@@ -117,19 +118,32 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def code_digest() -> str:
+    """SHA-256 over the project's Python sources that a stage runs (the entry scripts and the
+    packages of :data:`CODE_DIRS`), so a stage made by other code is not reused."""
+    digest = hashlib.sha256()
+    files = sorted(REPO.glob("*.py")) + sorted(p for d in CODE_DIRS for p in (REPO / d).rglob("*.py"))
+    for path in files:
+        digest.update(str(path.relative_to(REPO)).encode())
+        digest.update(file_digest(path).encode())
+    return digest.hexdigest()
+
+
 def run_stage(name: str, argv: list[str], out_dir: Path, fresh: bool, log: list[str],
               inputs: Sequence[Path] = ()) -> dict:
     """Run one entry script into ``out_dir`` and return its ``metrics.json``.
 
     ``inputs``: the files the stage reads besides its flags (the data set's record, the checkpoint
     it evaluates or continues from). A finished stage made by the same command from the same input
-    bytes is reused. One made by another command or from other inputs (the setting changed, a
-    pretraining run was recomputed), or any stage under ``fresh``, starts from an empty folder, so
+    bytes and the same code (:func:`code_digest`) is reused. One made by another command, from
+    other inputs (the setting changed, a pretraining run was recomputed) or by other code, or any
+    stage under ``fresh``, starts from an empty folder, so
     a pretraining run never resumes from another run's checkpoint and no probe reports on a stale
     one; an interrupted stage runs again in place (``train.py --resume auto`` continues it)."""
     metrics_path, record_path = out_dir / "metrics.json", out_dir / STAGE_RECORD
     log.append(" ".join(shlex.quote(part) for part in [Path(sys.executable).name, *argv]))
-    record = {"argv": argv, "inputs": {str(path): file_digest(path) for path in inputs}}
+    record = {"argv": argv, "inputs": {str(path): file_digest(path) for path in inputs},
+              "code": code_digest()}
     recorded = json.loads(record_path.read_text()) if record_path.exists() else None
     if not fresh and recorded == record and metrics_path.exists():
         print(f"=== {name}: reusing {metrics_path}", flush=True)

@@ -78,7 +78,7 @@ def write_metrics_argv(out, value: int) -> list[str]:
     return ["-c", code, str(out), str(value)]
 
 
-def test_stage_reuse_follows_its_command(tmp_path):
+def test_stage_reuse_follows_its_command(tmp_path, monkeypatch):
     out, log = tmp_path / "stage", []
     assert demo.run_stage("s", write_metrics_argv(out, 1), out, False, log) == {"value": 1}
     marker = out / "checkpoint_last.pth"
@@ -111,3 +111,28 @@ def test_stage_reuse_follows_its_command(tmp_path):
     checkpoint.write_bytes(b"weights 2")
     assert demo.run_stage("s", write_metrics_argv(out, 3), out, False, log, [checkpoint]) == {"value": 3}
     assert not marker.exists()
+
+    # the same command and inputs run by other code (an edited model, a git pull): recomputed
+    marker.write_text("left")
+    assert demo.run_stage("s", write_metrics_argv(out, 3), out, False, log, [checkpoint]) == {"value": 3}
+    assert marker.exists()
+    monkeypatch.setattr(demo, "code_digest", lambda: "other code")
+    assert demo.run_stage("s", write_metrics_argv(out, 3), out, False, log, [checkpoint]) == {"value": 3}
+    assert not marker.exists()
+
+
+def test_code_digest_follows_the_code_a_stage_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "REPO", tmp_path)
+    for name in ("train.py", "models/r3d.py", "tests/test_x.py", "README.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    first = demo.code_digest()
+    (tmp_path / "tests" / "test_x.py").write_text("x = 2\n")  # not code a stage runs
+    (tmp_path / "README.md").write_text("y\n")
+    assert demo.code_digest() == first
+    (tmp_path / "models" / "r3d.py").write_text("x = 2\n")
+    assert demo.code_digest() != first
+    (tmp_path / "models" / "r3d.py").write_text("x = 1\n")
+    assert demo.code_digest() == first
+    (tmp_path / "train.py").write_text("x = 2\n")
+    assert demo.code_digest() != first
