@@ -167,6 +167,12 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
             raise CheckpointError(f"checkpoint {resume} is not a finetune.py checkpoint (no model_config "
                                   "with num_classes); use --resume none and another --output_dir")
         config = dict(ckpt["model_config"])
+        if first_epoch > args.epochs:
+            raise CheckpointError(f"checkpoint {resume} has {first_epoch} epochs done, more than "
+                                  f"--epochs {args.epochs}; pass --epochs >= {first_epoch} or another --output_dir")
+        if config.get("final_bn", args.final_bn) != args.final_bn:
+            raise CheckpointError(f"checkpoint {resume} was trained with final_bn={config['final_bn']}; "
+                                  "resume with the same --final_bn or use another --output_dir")
         backbone = build_backbone(config["net"], config["width"])
     if config["init"] == "random":
         logger.print(RANDOM_INIT_BANNER)
@@ -194,6 +200,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
     step = 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
+        optimizer.param_groups[0]["lr_scale"] = args.backbone_lr_scale  # the flag wins on resume
         if ckpt.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(ckpt["scaler"])
         step = int(ckpt["step"])

@@ -142,3 +142,19 @@ def test_finetune_runs_resumes_and_its_checkpoint_probes(data: dict[str, str], t
     p = _read(probe)
     assert p["init"] == "pretrained" and p["mode"] == "cached" and p["backbone_unchanged"]
     assert {"top1", "knn_top1"} <= p.keys() and "retrieval" not in p
+
+
+def test_finetune_resume_checks_the_flags_against_the_checkpoint(data: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "ft"
+    common = ["--pretrained", data["ckpt"], "--eval_freq", "0", *_data_args(data, out)]
+    finetune.main([*common, "--epochs", "2"])
+    for flags, needle in ((["--epochs", "1"], "2 epochs done, more than --epochs 1"),
+                          (["--epochs", "3", "--final_bn"], "trained with final_bn=False")):
+        with pytest.raises(SystemExit) as exc:
+            finetune.main([*common, *flags])
+        assert needle in str(exc.value.code)
+    # a changed --backbone_lr_scale takes effect on resume (the checkpoint's optimizer had 0.1)
+    finetune.main([*common, "--epochs", "3", "--backbone_lr_scale", "0.5"])
+    groups = load_checkpoint(out / "checkpoint_last.pth")["optimizer"]["param_groups"]
+    assert [g["lr_scale"] for g in groups] == [0.5, 1.0]
+    assert groups[0]["lr"] == pytest.approx(0.5 * groups[1]["lr"])

@@ -162,7 +162,7 @@ def test_cam_on_backbone_features_matches_pooled_head(data) -> None:
     torch.manual_seed(0)
     backbone = build_backbone("r3d_18", 0.125).eval()
     head = torch.nn.Linear(backbone.out_channels["high"], 2, bias=False)
-    for seq, img_dim in ((16, 64), (8, 40)):
+    for seq, img_dim in ((FRAMES, 64), (8, 40)):
         clips = OrderClipDataset(data["val"], seq=seq, img_dim=img_dim, train=False, num_clips=2)[3][0]
         inputs, _ = order_pairs(clips)
         with torch.no_grad():
@@ -173,3 +173,19 @@ def test_cam_on_backbone_features_matches_pooled_head(data) -> None:
         torch.testing.assert_close(cam.mean(dim=(2, 3, 4)), logits, atol=1e-5, rtol=0)
         assert upsample_cam(cam, inputs.shape[2:]).shape == (4, 2, seq, img_dim, img_dim)
     assert features.shape[2:] == (1, 2, 2)  # (8, 40, 40) input: more than one cell in space
+
+
+def test_videos_shorter_than_a_clip_are_left_out(data, tmp_path) -> None:
+    """A clip of a short video would end in repeated frames and its reversed copy start with
+    them, a static cue for the order: such videos are not in the probe's data."""
+    csv_file = tmp_path / "mixed.csv"
+    csv_file.write_text(f"train/vid_000,{FRAMES}\ntrain/vid_001,{SEQ - 1}\n")
+    assert len(OrderClipDataset(csv_file, SEQ, SIZE, data_root=data["root"])) == 1
+    assert len(OrderClipDataset(csv_file, SEQ // 2, SIZE, ds=2, data_root=data["root"])) == 2
+
+
+def test_a_rerun_starts_a_fresh_log(data, tmp_path) -> None:
+    out = tmp_path / "rerun"
+    for epochs in ("2", "1"):
+        main(common(data, out) + NET + ["--epochs", epochs, "--num_clips", "1", "--num_vis", "0"])
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0]

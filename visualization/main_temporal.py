@@ -40,10 +40,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from datasets.base import FrameFolderDataset, SkipCounting
-from datasets.frames import load_clip
+from datasets.frames import FrameError, load_clip
 from datasets.sampling import eval_clip_indices, train_clip_indices
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainAugment
 from engine.amp import AMP_CHOICES, autocast, make_scaler, resolve_amp
+from engine.checkpoint import CheckpointError
 from engine.evaluate import (
     OPTIMIZERS,
     RANDOM_INIT_BANNER,
@@ -87,8 +88,10 @@ class OrderClipDataset(FrameFolderDataset):
     def __init__(self, csv_file: str | os.PathLike, seq: int = 16, img_dim: int = 112,
                  train: bool = True, ds: int = 1, num_clips: int = 1,
                  data_root: str | None = None, strict: bool = False) -> None:
+        # A video shorter than one clip would end in repeated last frames, and its reversed copy
+        # start with them: a static cue for the order, so such videos are left out (counted).
         super().__init__(csv_file, labelled=False, data_root=data_root, strict=strict,
-                         random_fallback=train)
+                         random_fallback=train, min_frames=(seq - 1) * ds + 1)
         self.seq, self.ds, self.train, self.num_clips = seq, ds, train, num_clips
         self.transform = TrainAugment(img_dim) if train else EvalTransform(img_dim)
 
@@ -283,6 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     show = not args.no_progress
     out = prepare_output_dir(args.output_dir, args)
     logger = RunLogger(out)
+    logger.truncate_log(0)  # no resume: a rerun in the same folder starts a fresh log.jsonl
 
     backbone, described = build_eval_backbone(args.pretrained, args.net, args.width)
     if described["init"] == "random":
@@ -351,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (ValueError, BackboneLoadError, FileNotFoundError) as err:
+    except (ValueError, BackboneLoadError, FileNotFoundError, CheckpointError, FrameError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
 
 
