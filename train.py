@@ -282,13 +282,12 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
             log_every=args.log_every, num_clips=args.sample + 1, color_on_device=args.gpu_augment,
         )
         step = result.step
-        obj_state = objective_state(objective)  # collective: gathers the queue shards
         if main_proc:  # log first: a kill before the checkpoint lands reruns the epoch, whose line is then replaced
             record = result.record()
             logger.log_epoch(record)
             logger.scalars("epoch", {k: v for k, v in record.items() if k not in ("epoch", "step")}, step)
             logger.flush()
-            state = checkpoint_state(model=model, objective_snapshot=obj_state, optimizer=optimizer,
+            state = checkpoint_state(model=model, objective_snapshot=objective_state(objective), optimizer=optimizer,
                                      scaler=scaler, next_epoch=epoch + 1, step=step, args=to_jsonable(args))
             save_checkpoint(state, out_dir / LAST_NAME)
             if (args.save_every and (epoch + 1) % args.save_every == 0) or epoch + 1 == args.epoch:

@@ -286,24 +286,33 @@ def train_one_epoch(
 
 # ---------------------------------------------------------------------------------- state
 def objective_state(objective: torch.nn.Module) -> dict[str, Any]:
-    """The objective's state for a checkpoint. Collective (gathers the per-rank queue shards):
-    call on every rank. ``{"queue": {"scores": (world, n, shard, K), "filled"}, "buffers": {...}}``."""
+    """The objective's state for a checkpoint: ``{"queue": {"scores": (n, size, K), "filled"},
+    "buffers": {...}}`` (the score queue is the same on every rank, so rank 0's is the run's)."""
     state: dict[str, Any] = {}
     queue = getattr(objective, "queue", None)
-    if queue is not None and hasattr(queue, "gather_state"):
-        state["queue"] = queue.gather_state()
+    if queue is not None:
+        state["queue"] = {k: v.detach().cpu().clone() for k, v in queue.state_dict().items()}
     state["buffers"] = {k: v.detach().cpu() for k, v in objective.state_dict().items()
                         if not (queue is not None and k.startswith("queue."))}
     return state
 
 
+def _queue_from_shards(queue: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A queue saved by an earlier version as per-rank shards ``(world, n, shard, K)`` → the
+    ``(n, rows, K)`` queue of all their filled rows (Sinkhorn does not depend on the row order)."""
+    scores, filled = queue["scores"], int(queue["filled"])
+    world, n, shard, k = scores.shape
+    rows = scores[:, :, shard - filled:].permute(1, 0, 2, 3).reshape(n, world * filled, k)
+    return {"scores": rows, "filled": torch.tensor(world * filled)}
+
+
 def load_objective_state(objective: torch.nn.Module, state: dict[str, Any]) -> None:
-    """Inverse of :func:`objective_state` on every rank: each rank takes back its own queue shard
-    (or a fair share when the world size changed)."""
+    """Inverse of :func:`objective_state`, on every rank (any number of ranks)."""
     if state.get("buffers"):
         objective.load_state_dict(state["buffers"], strict=False)
     if "queue" in state and hasattr(objective, "queue"):
-        objective.queue.load_gathered_state(state["queue"])
+        queue = state["queue"]
+        objective.queue.load_state_dict(_queue_from_shards(queue) if queue["scores"].dim() == 4 else queue)
 
 
 def checkpoint_state(

@@ -8,7 +8,6 @@ process group nothing is reduced.
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +27,8 @@ from losses._fp32 import fp32_region
 
 @torch.no_grad()
 def sinkhorn(
-    scores: Tensor | Sequence[Tensor], eps: float = 0.05, iters: int = 3, last: int | None = None
+    scores: Tensor | Sequence[Tensor], eps: float = 0.05, iters: int = 3, last: int | None = None,
+    n_global: int | None = None,
 ) -> Tensor:
     """Sinkhorn–Knopp equipartition codes, SwAV / solo-learn form (METHOD §3.4).
 
@@ -40,12 +40,14 @@ def sinkhorn(
         eps: entropic regularisation ``ε``.
         iters: number of (prototype, sample) normalisation rounds, ``>= 1``.
         last: return the codes of the last ``last`` rows only (e.g. the batch after the queue).
+        n_global: the number of rows over all ranks; default: this rank's rows × world size
+            (equal rows on every rank). Needed when ranks hold different numbers of rows.
 
     SwAV's algorithm: ``Q = exp((scores - max)/ε)ᵀ`` in float32 (``max`` all-reduced with MAX so
     that every rank subtracts the same constant), ``Q /= sum(Q)``, then ``iters`` times: each
     prototype's mass → ``1/K`` (its sum all-reduced over ranks), each sample's mass →
-    ``1/N_global`` (a sample lives on one rank: local), with ``N_global = N × world_size`` (equal
-    ``N`` on every rank); finally ``× N_global``, so each code row sums to 1 and each prototype
+    ``1/N_global`` (a sample lives on one rank: local), ``N_global`` the rows of all ranks;
+    finally ``× N_global``, so each code row sums to 1 and each prototype
     receives about ``N_global/K`` (exactly up to the last, per-sample, step).
 
     Computed in the equivalent scaling form ``Q = diag(a) Q0 diag(c)``: per round one pass over
@@ -73,7 +75,7 @@ def sinkhorn(
     with fp32_region(blocks[0]):
         g, _, k = blocks[0].shape
         n_local = sum(blk.shape[1] for blk in blocks)
-        n_global = n_local * world_size()
+        n_global = n_local * world_size() if n_global is None else n_global
         tiny = torch.finfo(torch.float32).tiny
         peak = torch.stack([blk.amax(dim=(1, 2)) for blk in blocks]).amax(0)
         shift = (-all_reduce_max_(peak) / eps)[:, None, None]            # (G, 1, 1)
@@ -98,21 +100,17 @@ def sinkhorn(
 
 
 class ScoreQueue(nn.Module):
-    """FIFO of past prototype-score rows for Sinkhorn (METHOD §3.4), SwAV-style per-rank shard.
+    """FIFO of the last ``size`` gathered prototype-score rows for Sinkhorn (METHOD §3.4).
 
-    Holds, per local clip index, the scores of this rank's most recent videos: buffer
-    ``scores (n, size // world_size, K)`` float32, oldest first, newest last, and ``filled`` (how
-    many of the last rows are real; only those are used). Because every rank keeps its own
-    batch rows and Sinkhorn all-reduces its sums, the codes are computed over
-    ``{the queued rows of every rank} ∪ {global batch}``; when ``size`` is a multiple of the
-    global batch (or the queue is not yet full), that is exactly the set of the last ``size``
-    gathered rows ∪ the global batch that one process with the whole batch would use — the one-
-    and two-process runs see the same rows (tested). Otherwise the sets differ only in which
-    videos of the oldest partial step are kept.
-
-    The shard size is fixed by the world size seen the first time the queue is used while empty
-    (so the objective may be built before the process group); ``state_dict()`` holds this rank's
-    shard; :meth:`gather_state` / :meth:`load_gathered_state` save and restore all shards.
+    Buffers ``scores (n, size, K)`` float32 (per local clip index; oldest first, newest last) and
+    ``filled`` (how many of the last rows are real; only those are used). Every rank pushes the
+    **gathered** batch, so every rank holds the same queue, and one process with batch ``W·b``
+    holds the same rows as ``W`` processes with batch ``b`` whatever ``size`` is. For Sinkhorn
+    (all-reduced sums, see :func:`sinkhorn`) each rank contributes a disjoint share of the queue
+    (rows ``rank::world_size``) beside its own batch rows, so the codes are those of one problem
+    over ``[queue; global batch]``. The queue costs ``n × size × K`` floats per rank (8 MB at the
+    paper's 1024 × 2 × 1000). ``state_dict()`` holds the whole queue, so a checkpoint restores it
+    on any number of ranks.
     """
 
     def __init__(self, size: int, num_prototypes: int, num_clips: int = 2) -> None:
@@ -124,141 +122,96 @@ class ScoreQueue(nn.Module):
             )
         self.size = size
         self.num_prototypes = num_prototypes
-        shard = size // world_size()
-        self.register_buffer("scores", torch.zeros(num_clips, shard, num_prototypes))
+        self.register_buffer("scores", torch.zeros(num_clips, size, num_prototypes))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
         self._filled = 0  # host mirror of ``filled`` (no device sync per step)
-
-    @property
-    def shard_size(self) -> int:
-        return self.scores.shape[1]
 
     @property
     def num_filled(self) -> int:
         return self._filled
 
-    def _ensure_layout(self, num_clips: int) -> None:
-        shard = self.size // world_size()
-        if (num_clips, shard) == tuple(self.scores.shape[:2]):
+    def _ensure_clips(self, num_clips: int) -> None:
+        if num_clips == self.scores.shape[0]:
             return
         if self._filled:
             raise RuntimeError(
-                f"score queue holds {self._filled} rows of shape (n={self.scores.shape[0]}, "
-                f"shard={self.shard_size}) but this step has n={num_clips} clips and world size "
-                f"{world_size()} (shard {shard}); keep --sample and the world size fixed, or "
-                "restore the queue with load_gathered_state()"
+                f"score queue holds {self._filled} rows of n={self.scores.shape[0]} clips but this "
+                f"step has n={num_clips}; keep --sample fixed within a run"
             )
-        self.scores = self.scores.new_zeros(num_clips, shard, self.num_prototypes)
+        self.scores = self.scores.new_zeros(num_clips, self.size, self.num_prototypes)
 
-    def rows(self) -> Tensor:
-        """``(n, filled, K)``: the filled rows of this rank's shard, oldest first."""
-        return self.scores[:, self.shard_size - self._filled:]
-
-    @torch.no_grad()
-    def push(self, batch_scores: Tensor) -> None:
-        """Append this rank's batch ``(b, n, K)`` (detached, float32) last; drop the oldest rows."""
-        b, n, k = batch_scores.shape
+    def _check_prototypes(self, k: int) -> None:
         if k != self.num_prototypes:
             raise ValueError(
                 f"scores have K={k} prototypes, the queue was built for {self.num_prototypes}"
             )
-        self._ensure_layout(n)
-        shard = self.shard_size
-        if shard == 0:
+
+    def rows(self) -> Tensor:
+        """``(n, filled, K)``: the filled rows, oldest first."""
+        return self.scores[:, self.size - self._filled:]
+
+    @torch.no_grad()
+    def push(self, batch_scores: Tensor) -> None:
+        """Append the global batch (this rank's ``(b, n, K)`` gathered over ranks, detached,
+        float32) last; drop the oldest rows. Collective under ``torch.distributed``."""
+        b, n, k = batch_scores.shape
+        self._check_prototypes(k)
+        self._ensure_clips(n)
+        gathered = all_gather_no_grad(batch_scores.detach().to(self.scores.dtype).contiguous())
+        if self.size == 0:
             return
-        new = batch_scores.detach().to(self.scores.dtype).transpose(0, 1)  # (n, b, K)
-        if b >= shard:
-            self.scores.copy_(new[:, b - shard:])
+        new = gathered.transpose(0, 1).to(self.scores.device)                  # (n, B, K)
+        total = new.shape[1]
+        if total >= self.size:
+            self.scores.copy_(new[:, total - self.size:])
         else:
-            self.scores.copy_(torch.cat([self.scores[:, b:], new], dim=1))
-        self._filled = min(self._filled + b, shard)
+            self.scores.copy_(torch.cat([self.scores[:, total:], new], dim=1))
+        self._filled = min(self._filled + total, self.size)
         self.filled.fill_(self._filled)
 
     @torch.no_grad()
     def codes(
         self, batch_scores: Tensor, use_queue: bool, eps: float = 0.05, iters: int = 3
     ) -> Tensor:
-        """Sinkhorn codes ``(b, n, K)`` of the batch, one problem per clip index (METHOD §3.4).
-
-        With ``use_queue`` the rows are ``[queued rows; batch rows]`` (batch last) and the
-        batch's codes are returned; otherwise the global batch alone. Does not modify the queue.
-        """
+        """Sinkhorn codes ``(b, n, K)`` of this rank's batch, one problem per clip index (METHOD
+        §3.4), over the global batch and, with ``use_queue``, the queued rows (batch last).
+        Does not modify the queue."""
         b, n, k = batch_scores.shape
-        if k != self.num_prototypes:
-            raise ValueError(
-                f"scores have K={k} prototypes, the queue was built for {self.num_prototypes}"
-            )
+        self._check_prototypes(k)
         blocks = [batch_scores.detach().float().transpose(0, 1)]  # (n, b, K)
+        n_global = b * world_size()
         if use_queue and self._filled:
-            self._ensure_layout(n)
-            blocks.insert(0, self.rows().to(blocks[0].device))    # queue first, batch last
-        return sinkhorn(blocks, eps=eps, iters=iters, last=b).transpose(0, 1)
-
-    @torch.no_grad()
-    def gather_state(self) -> dict[str, Tensor]:
-        """Every rank's shard, for a checkpoint written by rank 0. Collective: call on all ranks.
-
-        Returns ``{"scores": (world, n, shard, K) on CPU, "filled": long scalar}``.
-        """
-        gathered = all_gather_no_grad(self.scores.unsqueeze(0).contiguous())
-        return {"scores": gathered.cpu(), "filled": self.filled.detach().cpu().clone()}
-
-    @torch.no_grad()
-    def load_gathered_state(self, state: dict[str, Tensor]) -> None:
-        """Restore from :meth:`gather_state` output (call on every rank, no collective).
-
-        Same world size: each rank takes back its own shard. Another world size: the queued rows
-        of all old ranks are ordered oldest step first and dealt round-robin to the new ranks
-        (the same global set of rows, up to the new shard size).
-        """
-        scores, filled = state["scores"], int(state["filled"])
-        if scores.dim() != 4 or scores.shape[-1] != self.num_prototypes:
-            raise ValueError(
-                f"queue state scores {tuple(scores.shape)} must be (world, n, shard, "
-                f"K={self.num_prototypes})"
-            )
-        old_world, n, old_shard, k = scores.shape
-        self._filled = 0
-        self._ensure_layout(n)
-        shard, new_world = self.shard_size, world_size()
-        if old_world == new_world and old_shard == shard:
-            self.scores.copy_(scores[rank()])
-            self._filled = min(filled, shard)
-        else:
-            valid = scores[:, :, old_shard - filled:]                # (W_old, n, filled, K)
-            ordered = valid.permute(1, 2, 0, 3).reshape(n, -1, k)    # oldest step first
-            per_rank = min(ordered.shape[1] // new_world, shard)
-            if per_rank:
-                mine = ordered[:, ordered.shape[1] - per_rank * new_world:][:, rank()::new_world]
-                self.scores.zero_()
-                self.scores[:, shard - per_rank:] = mine.to(self.scores)
-            self._filled = per_rank
-            if per_rank * new_world < filled * old_world:
-                warnings.warn(
-                    f"score queue restored with {per_rank * new_world} of its "
-                    f"{filled * old_world} rows (new world size {new_world}, shard {shard})"
-                )
-        self.filled.fill_(self._filled)
+            self._ensure_clips(n)
+            share = self.rows()[:, rank()::world_size()]
+            blocks.insert(0, share.to(blocks[0].device))          # queue first, batch last
+            n_global += self._filled
+        return sinkhorn(blocks, eps=eps, iters=iters, last=b, n_global=n_global).transpose(0, 1)
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
+        """Adopt the saved number of clips; keep this queue's ``size`` (the flag wins on resume:
+        the newest saved rows are kept, up to ``size``)."""
         saved = state_dict.get(prefix + "scores")
         if saved is not None and saved.shape != self.scores.shape:
             if saved.dim() != 3 or saved.shape[-1] != self.num_prototypes:
                 raise ValueError(
                     f"queue state {prefix}scores has shape {tuple(saved.shape)}, expected "
-                    f"(n, shard, K={self.num_prototypes})"
+                    f"(n, size, K={self.num_prototypes})"
                 )
-            self.scores = self.scores.new_zeros(saved.shape)  # adopt the saved n and shard
+            self.scores = self.scores.new_zeros(saved.shape[0], self.size, self.num_prototypes)
+            keep = min(self.size, saved.shape[1])
+            fitted = saved.new_zeros(self.scores.shape)
+            if keep:
+                fitted[:, self.size - keep:] = saved[:, saved.shape[1] - keep:]
+            state_dict[prefix + "scores"] = fitted
+            if prefix + "filled" in state_dict:
+                state_dict[prefix + "filled"] = state_dict[prefix + "filled"].clamp(max=keep)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._filled = int(self.filled)
 
     def extra_repr(self) -> str:
-        return (
-            f"size={self.size}, shard={self.shard_size}, K={self.num_prototypes}, "
-            f"filled={self._filled}"
-        )
+        return f"size={self.size}, K={self.num_prototypes}, filled={self._filled}"
 
 
 def swapped_prediction(scores: Tensor, codes: Tensor, temperature: float = 0.1) -> Tensor:

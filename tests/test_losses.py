@@ -378,17 +378,29 @@ def test_score_queue_fifo() -> None:
     assert not torch.allclose(alone, with_queue)
     assert q.rows()[0, :, 0].tolist() == [12, 13, 14, 15, 16]  # codes() does not modify it
 
-    # state_dict round trip (the shape and fill count travel; a fresh queue adopts them)
+    # state_dict round trip (the clip count and fill count travel; a fresh queue adopts them)
     fresh = ScoreQueue(size=5, num_prototypes=3, num_clips=3)
     fresh.load_state_dict(q.state_dict())
     assert fresh.num_filled == 5 and torch.equal(fresh.rows(), q.rows())
-    # gathered state: same world size gives the shard back; a 2-rank state is dealt to 1 rank
-    again = ScoreQueue(size=5, num_prototypes=3)
-    again.load_gathered_state(q.gather_state())
-    assert torch.equal(again.rows(), q.rows())
-    two = {"scores": torch.stack([q.scores, q.scores + 1000]), "filled": torch.tensor(2)}
-    again.load_gathered_state(two)                            # rows (15,1015,16,1016) oldest first
-    assert again.num_filled == 4 and again.rows()[0, :, 0].tolist() == [15, 1015, 16, 1016]
+    # another --queue_size on resume: the flag wins, the newest rows are kept
+    small, large = ScoreQueue(size=3, num_prototypes=3), ScoreQueue(size=8, num_prototypes=3)
+    small.load_state_dict(q.state_dict())
+    large.load_state_dict(q.state_dict())
+    assert small.num_filled == 3 and small.rows()[0, :, 0].tolist() == [14, 15, 16]
+    assert large.num_filled == 5 and large.rows()[0, :, 0].tolist() == [12, 13, 14, 15, 16]
+
+
+def test_queue_of_an_earlier_checkpoint_format_is_restored() -> None:
+    """Earlier checkpoints saved per-rank shards (world, n, shard, K): all their filled rows
+    become the queue (Sinkhorn does not depend on the row order)."""
+    from engine.pretrain import load_objective_state
+
+    shard = torch.arange(2 * 4, dtype=torch.float32).view(1, 2, 4, 1).expand(2, 2, 4, 3).clone()
+    shard[1] += 1000                                           # rank 1's rows
+    obj = MultiLevelObjective(cluster=3, queue_size=8)
+    load_objective_state(obj, {"queue": {"scores": shard, "filled": torch.tensor(3)}})
+    assert obj.queue.num_filled == 6
+    assert sorted(obj.queue.rows()[0, :, 0].tolist()) == [1, 2, 3, 1001, 1002, 1003]
 
 
 # ----------------------------------------------------------------------------- §3.5
@@ -562,7 +574,7 @@ def test_loss_flags() -> None:
     assert "--w_lg_high" in parser.format_help()
     args.thres, args.split, args.cluster = 0.05, 20, 50
     obj = MultiLevelObjective.from_args(args)
-    assert obj.queue.shard_size == 64 and obj.weights == w
+    assert obj.queue.size == 64 and obj.weights == w
 
 
 def test_freeze_prototypes_grad() -> None:

@@ -87,7 +87,7 @@ def test_checkpoint_contents(straight_run):
     assert ckpt["model_config"]["net"] == "r3d_18" and ckpt["model_config"]["cluster"] == 16
     assert all(not k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
     queue = ckpt["objective"]["queue"]
-    assert queue["scores"].shape == (1, 2, 16, 16) and int(queue["filled"]) == 16  # (world, n, shard, K)
+    assert queue["scores"].shape == (2, 16, 16) and int(queue["filled"]) == 16  # (n, size, K)
     protos = ckpt["model"]["prototypes.weight"]
     assert protos.shape == (16, 32)
     assert ckpt["args"]["csv_file"].endswith("pretrain.csv") and ckpt["rng"]["torch"].dtype == torch.uint8
@@ -169,7 +169,8 @@ def test_two_gloo_processes(videos, tmp_path):
     assert sorted(p.name for p in out.glob("checkpoint_*.pth")) == ["checkpoint_0001.pth", "checkpoint_last.pth"]
     assert len((out / "log.jsonl").read_text().splitlines()) == 1  # rank 0 alone logs
     ckpt = load_checkpoint(out / "checkpoint_last.pth")
-    assert ckpt["objective"]["queue"]["scores"].shape == (2, 2, 8, 16)  # both ranks' shards gathered
+    queue = ckpt["objective"]["queue"]  # the global queue: 2 steps of 4 gathered videos
+    assert queue["scores"].shape == (2, 16, 16) and int(queue["filled"]) == 8
     assert ckpt["epoch"] == 1
 
 
