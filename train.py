@@ -33,7 +33,7 @@ from engine.pretrain import (
     objective_state, resume, start_epoch, train_one_epoch,
 )
 from engine.schedule import set_lr, step_decay_lr
-from losses.objective import add_loss_args
+from losses.objective import add_loss_args, loss_args_error
 from models import NETS
 
 DESCRIPTION = __doc__.split("\n\n")[0]
@@ -182,6 +182,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         e(f"--thres {args.thres}: a threshold on softmax probabilities must be in [0, 1]")
     if args.lr <= 0 or args.wd < 0 or args.width <= 0 or args.dist_timeout <= 0:
         e("--lr, --width and --dist_timeout must be > 0 and --wd >= 0")
+    loss_error = loss_args_error(args)
+    if loss_error:
+        e(loss_error)
     if args.split > args.epoch:
         e(f"--split {args.split} is past --epoch {args.epoch}: the graph constraint would never start "
           f"(use --split <= --epoch; --split {args.epoch} disables it)")
@@ -256,7 +259,9 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
     if resume_path is not None:
         first_epoch, step = resume(resume_path, model=model, objective=objective, optimizer=optimizer,
                                    scaler=scaler, sample=args.sample, weight_decay=args.wd, restore_rng=main_proc)
-    logger = RunLogger(out_dir, enabled=main_proc, purge_step=step if resume_path else None)
+    # TensorBoard: hide what an interrupted attempt logged after the checkpoint (its last step,
+    # ``step``, holds the finished epoch's scalars and stays); a fresh start hides everything
+    logger = RunLogger(out_dir, enabled=main_proc, purge_step=step + 1 if resume_path else 0)
     logger.truncate_log(first_epoch)  # epochs about to be (re)run
     for name in removed:
         logger.print(f"removed {name} (left by an interrupted checkpoint write)")
@@ -306,7 +311,8 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
             world_size=info.world_size, global_batch=args.train_batch * info.world_size, device=str(device),
             amp=str(amp_dtype), checkpoint=str(out_dir / numbered_name(args.epoch)), torch=torch.__version__)
         write_json(out_dir / "metrics.json", metrics)
-        logger.print(f"done: {args.epoch} epochs, loss {metrics['loss']:.4f}, outputs in {out_dir}")
+        loss = "n/a (no finite step in the last epoch)" if metrics["loss"] is None else f"{metrics['loss']:.4f}"
+        logger.print(f"done: {args.epoch} epochs, loss {loss}, outputs in {out_dir}")
     logger.close()
     return metrics
 

@@ -1,6 +1,6 @@
 """Checkpoints: atomic writes, safe (``weights_only=True``) loads, auto-resume, RNG state.
 
-A checkpoint written by train.py is one dict (METHOD §4, /work/interfaces.md):
+A checkpoint written by train.py is one dict (METHOD §4):
 ``{"model", "model_config", "objective", "optimizer", "scaler", "epoch", "step", "args", "rng",
 "version"}`` where ``epoch`` is the next epoch to run. Everything in it is a tensor or a plain
 Python container/primitive, so it loads with ``torch.load(..., weights_only=True)``.
@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the score queue is one (n, size, K) queue; 1 held per-rank shards
 LAST_NAME = "checkpoint_last.pth"
 _NUMBERED = re.compile(r"^checkpoint_(\d+)\.pth$")
 _TEMP_PREFIX = ".tmp-"
@@ -108,6 +108,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         ) from e
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+    version = state.get("version")
+    if isinstance(version, int) and version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}, newer than this code's "
+                              f"{CHECKPOINT_VERSION}: update the code (git pull) to load it")
     return state
 
 

@@ -206,7 +206,10 @@ def train_one_epoch(
             clips = clips.to(device, non_blocking=True)
 
         raw.normalize_prototypes()
+        # what a skipped step must leave untouched besides the weights: the score queue and the
+        # BatchNorm running statistics, which the forward pass updates (a NaN batch makes them NaN)
         queue_before = _snapshot(objective)
+        buffers_before = [b.detach().clone() for b in raw.buffers()]
         with autocast(device, amp_dtype):
             out = model(clips, with_graph=with_graph)
             result = objective(out, epoch)
@@ -226,6 +229,9 @@ def train_one_epoch(
         if n_bad > 0:
             optimizer.zero_grad(set_to_none=True)
             objective.load_state_dict(queue_before)
+            with torch.no_grad():
+                for buffer, saved in zip(raw.buffers(), buffers_before):
+                    buffer.copy_(saved)
             if scaler.is_enabled():
                 scaler.update()
             bad_steps += 1

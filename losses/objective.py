@@ -89,6 +89,23 @@ def add_loss_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def loss_args_error(args: argparse.Namespace) -> str | None:
+    """The first problem with the :func:`add_loss_args` flags, as a message for ``parser.error``,
+    or ``None`` when they are usable."""
+    negative = [f"--w_{f.name}" for f in fields(LossWeights) if getattr(args, f"w_{f.name}") < 0]
+    if negative:
+        return f"{', '.join(negative)}: a loss weight must be >= 0 (0 disables the term)"
+    for name in ("tau", "eps", "proto_temperature"):
+        if not getattr(args, name) > 0:
+            return f"--{name} {getattr(args, name)}: a temperature must be > 0"
+    if args.sinkhorn_iters < 1:
+        return f"--sinkhorn_iters {args.sinkhorn_iters}: Sinkhorn needs at least 1 iteration"
+    if args.queue_size < 0 or args.queue_start < 0:
+        return (f"--queue_size {args.queue_size} / --queue_start {args.queue_start}: both must be >= 0 "
+                "(--queue_size 0 disables the queue)")
+    return None
+
+
 @dataclass
 class ObjectiveResult:
     """``total``: the scalar loss to backpropagate (float32). ``parts``: detached scalars for

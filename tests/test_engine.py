@@ -55,6 +55,9 @@ def test_atomic_save_and_weights_only_load(tmp_path: Path):
     loaded = torch.load(path, map_location="cpu", weights_only=True)  # plain weights_only works
     assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["epoch"] == 3
     assert ck.load_checkpoint(path)["args"] == {"lr": 1e-3, "net": "r3d_18"}
+    ck.save_checkpoint({**state, "version": ck.CHECKPOINT_VERSION + 1}, path)
+    with pytest.raises(ck.CheckpointError, match="newer than this code's"):
+        ck.load_checkpoint(path)
 
 
 def test_interrupted_write_keeps_previous_file_and_leaves_no_temp(tmp_path: Path, monkeypatch):

@@ -93,6 +93,25 @@ def test_non_finite_step_is_skipped_and_counted(videos, tmp_path, monkeypatch):
     assert [r["non_finite_steps"] for r in log] == [1, 0]
 
 
+def test_a_nan_batch_leaves_no_trace_in_the_batchnorm_statistics(videos, tmp_path, monkeypatch):
+    """A NaN input makes the forward pass write NaN running statistics; the skipped step restores
+    them, so later checkpoints stay usable in eval mode."""
+    from models.multilevel import MultiLevelModel
+
+    original, calls = MultiLevelModel.forward, {"n": 0}
+
+    def forward(self, clips, with_graph=False):
+        calls["n"] += 1
+        return original(self, clips * float("nan") if calls["n"] == 2 else clips, with_graph)
+
+    monkeypatch.setattr(MultiLevelModel, "forward", forward)
+    metrics = train.main(tiny_argv(videos, tmp_path / "run", "--epoch", "1", "--split", "1"))
+    assert metrics["non_finite_steps"] == 1
+    ckpt = torch.load(tmp_path / "run" / "checkpoint_last.pth", weights_only=True)
+    running = {k: v for k, v in ckpt["model"].items() if "running_" in k}
+    assert running and all(torch.isfinite(v).all() for v in running.values())
+
+
 def test_too_many_non_finite_steps_stop_the_run_naming_the_last_checkpoint(videos, tmp_path, monkeypatch):
     nan_on(monkeypatch, lambda n: n >= 3)  # epoch 0 fine (2 steps), every step of epoch 1 NaN
     out = tmp_path / "run"

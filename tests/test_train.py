@@ -122,6 +122,12 @@ def test_interrupted_and_resumed_run_matches_straight_run(straight_run, videos, 
     a = load_checkpoint(ref_out / "checkpoint_last.pth")["model"]
     b = load_checkpoint(out / "checkpoint_last.pth")["model"]
     assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) < 1e-6
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(out / "tb"))  # the first attempt's points are kept, none twice
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("epoch/loss")] == [2, 4]
+    assert [e.step for e in ea.Scalars("train/total")] == [1, 2, 3, 4]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1]
     # rerunning a finished run does nothing and says so
@@ -198,6 +204,11 @@ def test_seed_readme_commands_parse(tmp_path, monkeypatch):
     (["--net", "vgg"], "unknown network"),
     (["--rate", "0.5"], "must be >= 1"),
     (["--amp", "fp16", "--device", "cpu"], "fp16 needs a CUDA"),
+    (["--w_mot_low", "-1"], "--w_mot_low: a loss weight must be >= 0"),
+    (["--tau", "0"], "--tau 0.0: a temperature must be > 0"),
+    (["--eps", "0"], "--eps 0.0: a temperature must be > 0"),
+    (["--sinkhorn_iters", "0"], "at least 1 iteration"),
+    (["--queue_size", "-4"], "both must be >= 0"),
 ])
 def test_bad_flag_combinations_fail_with_one_message(flags, message, videos, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
