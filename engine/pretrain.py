@@ -214,6 +214,13 @@ def train_one_epoch(
             out = model(clips, with_graph=with_graph)
             result = objective(out, epoch)
         loss = result.total
+        if info.distributed:
+            # DDP waits for a gradient of every parameter that the forward outputs depend on. A
+            # term of weight 0 (an ablation: --w_proto 0, --w_mot_low 0, ...) leaves some outputs
+            # out of the loss, or uses them without gradient (the prototype scores behind the
+            # graph's pseudo-labels); a zero multiple of every output gives those parameters an
+            # exact zero gradient instead of a hang-then-error at the next step.
+            loss = loss + 0.0 * sum(t.sum() for t in out.tensors())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         freeze_prototypes_grad(raw.prototypes, epoch)
@@ -252,7 +259,8 @@ def train_one_epoch(
             sums = torch.zeros(len(keys), dtype=torch.float64, device=device)
         vec = torch.stack([result.parts[k].detach().double().reshape(()) for k in keys])
         sums += vec
-        label_counts += torch.bincount(result.pseudo_labels.detach().long().flatten(), minlength=cluster)
+        labels = result.pseudo_labels.detach().long().flatten()
+        label_counts.scatter_add_(0, labels, torch.ones_like(labels))  # bincount would sync on CUDA
 
         t_now = time.perf_counter()
         data_wait += wait

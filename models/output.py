@@ -33,3 +33,8 @@ class MultiLevelOutput:
     fine_global: dict[str, Tensor]
     prototype_scores: Tensor
     graph: dict[str, Tensor] | None = None
+
+    def tensors(self) -> list[Tensor]:
+        """Every tensor of the output (``graph`` only when it was computed)."""
+        dicts = [self.proj, self.proj_reversed, self.fine_local, self.fine_global, self.graph or {}]
+        return [t for d in dicts for t in d.values()] + [self.prototype_scores]

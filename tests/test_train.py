@@ -180,6 +180,19 @@ def test_two_gloo_processes(videos, tmp_path):
     assert ckpt["epoch"] == 1
 
 
+def test_two_gloo_processes_with_zero_weight_terms(videos, tmp_path):
+    """An ablation under DDP: outputs the loss leaves out (motion, alignment) or uses without
+    gradient (the prototype scores behind the graph's pseudo-labels, --w_proto 0) must not make
+    DDP wait for their gradients ("Expected to have finished reduction" at the second step)."""
+    ablation = ("--w_mot_low", "0", "--w_mot_mid", "0", "--w_lg_low", "0", "--w_lg_mid", "0",
+                "--w_lg_high", "0", "--w_proto", "0")
+    metrics = train.main(tiny_argv(videos, tmp_path / "ddp", "--epoch", "1", "--split", "0",
+                                   "--train_batch", "2", "--multiprocessing-distributed",
+                                   "--nproc", "2", "--dist_timeout", "60", *ablation))
+    assert metrics["world_size"] == 2 and metrics["steps"] == 2 and metrics["non_finite_steps"] == 0
+    assert set(metrics["loss_parts"]) >= {"ins", "graph"} and "proto" not in metrics["loss_parts"]
+
+
 def test_seed_readme_commands_parse(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
