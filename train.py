@@ -229,7 +229,10 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        # TF32 for the convolutions (cuDNN's default); the matmuls stay float32: under autocast
+        # the model's are bf16 anyway, and the rest are the objective's similarities and Sinkhorn,
+        # where a 10-bit mantissa divided by tau = 0.07 or eps = 0.05 is not METHOD §3's maths
+        torch.backends.cudnn.allow_tf32 = True
     amp_dtype = resolve_amp(args.amp, device)
     out_dir, removed = Path(args.output_dir), []
     if main_proc:
@@ -269,7 +272,10 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
                  f"starting fresh in {out_dir}" + (" (no checkpoint to resume)" if args.resume == "auto" else ""))
 
     compiled = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
-    net = runtime.wrap_ddp(torch.compile(model) if compiled else model, info)
+    # DDP first, then compile the wrapper: SyncBatchNorm is in place before tracing and DDP's
+    # bucketed all-reduce can overlap the compiled backward (the order the PyTorch docs advise)
+    net = runtime.wrap_ddp(model, info)
+    net = torch.compile(net) if compiled else net
     logger.print(f"{args.net} x{args.width}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | "
                  f"{len(dataset)} videos | {info.world_size} process(es) on {device.type} | global batch "
                  f"{args.train_batch * info.world_size} | {len(loader)} steps/epoch | amp {amp_dtype} | "

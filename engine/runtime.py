@@ -53,7 +53,8 @@ class DistInfo:
 
 
 def resolve_device(flag: str = "auto", local_rank: int = 0) -> torch.device:
-    """``--device``: ``auto`` = ``cuda:<local_rank>`` when a GPU is visible, else ``cpu``.
+    """``--device``: ``auto`` = ``cuda:<local_rank>`` when a GPU is visible, else ``cpu``; with a
+    single visible GPU every rank takes ``cuda:0`` (a scheduler that gives each process its own).
 
     Raises ``ValueError`` when ``cuda`` is asked for but unavailable.
     """
@@ -65,6 +66,8 @@ def resolve_device(flag: str = "auto", local_rank: int = 0) -> torch.device:
         raise ValueError("--device cuda: no CUDA device is visible (check CUDA_VISIBLE_DEVICES / "
                          "the driver), or use --device cpu")
     n = torch.cuda.device_count()
+    if n == 1:  # one GPU per process (e.g. SLURM --gpus-per-task=1): it is this rank's
+        return torch.device("cuda", 0)
     if local_rank >= n:
         raise ValueError(f"local rank {local_rank} has no GPU: only {n} visible on this node "
                          "(launch at most one process per GPU)")

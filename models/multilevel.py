@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -122,7 +123,12 @@ class MultiLevelModel(nn.Module):
             if with_graph:
                 graph[level] = self.graph[level](normal[:, :n]).mean(dim=2).float()
         embedding = self.global_head(high_pooled.flatten(0, 1))
-        scores = self.prototypes(embedding).unflatten(0, (b, n + 1))[:, :n].float()
+        # float32 even under autocast: the scores go into Sinkhorn's exp(score / 0.05), where
+        # bf16's rounding of a cosine (~4e-3) would move the codes by ~8 %
+        device = clips.device.type
+        with (torch.autocast(device, enabled=False) if device in ("cuda", "cpu")
+              else contextlib.nullcontext()):  # e.g. "meta": no autocast to leave
+            scores = self.prototypes(embedding.float()).unflatten(0, (b, n + 1))[:, :n]
         return MultiLevelOutput(
             proj=proj,
             proj_reversed=proj_reversed,

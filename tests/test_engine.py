@@ -182,6 +182,18 @@ def test_runtime_single_process_defaults(monkeypatch):
     assert wrap_ddp(model, info) is model and unwrap(model) is model
 
 
+def test_device_of_a_rank(monkeypatch):
+    """cuda:LOCAL_RANK on a node whose processes share its GPUs; cuda:0 for every rank when each
+    process sees one GPU of its own; a clear error when a rank has none."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert resolve_device("auto", local_rank=2) == torch.device("cuda", 2)
+    with pytest.raises(ValueError, match="local rank 5 has no GPU: only 4 visible"):
+        resolve_device("cuda", local_rank=5)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 0)
+
+
 def test_seeds_are_per_rank_and_derived_deterministically():
     seed_everything(7, rank=0)
     a = torch.rand(2)

@@ -311,11 +311,13 @@ def test_bf16_autocast_and_channels_last_3d() -> None:
     clips = tiny_clips()
     seen: dict[str, Tensor] = {}
     model.motion["mid"].register_forward_hook(lambda _m, _i, out: seen.update(mid=out))
+    model.prototypes.register_forward_hook(lambda _m, _i, out: seen.update(scores=out))
     with torch.no_grad():
         reference = model(clips)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low_precision = model(clips)
         assert seen["mid"].dtype == torch.bfloat16
+        assert seen["scores"].dtype == torch.float32  # Sinkhorn's input: float32 under autocast
         model.to(memory_format=torch.channels_last_3d)
         channels_last = model(clips)
         assert seen["mid"].is_contiguous(memory_format=torch.channels_last_3d)
