@@ -29,8 +29,8 @@ storages autograd saves for backward (``saved_tensors_hooks``) in one real step.
 Variants: ``--amp bf16`` (one autocast context, as train.py), ``--channels_last`` (weights and
 input in ``channels_last_3d``: the layout train.py and the evaluation scripts use on every
 device), ``--compile`` (``torch.compile`` of the model; the objective stays eager). ``--compare``
-runs fp32 (contiguous), bf16, channels-last (fp32 and bf16) and compile (fp32 and bf16) one after
-another and prints a table with ratios vs fp32, plus each variant's first-step loss vs fp32's
+runs fp32 (contiguous), bf16, channels-last (fp32 and bf16) and compile (fp32, bf16, bf16 with
+channels-last) one after another and prints a table with ratios vs fp32, plus each variant's first-step loss vs fp32's
 (same initial weights, inputs and queue). On CPU the autocast and compile variants are skipped
 with a message unless ``--force_variants`` (only to test the code paths); fp32 and channels-last
 are compared on CPU too.
@@ -93,6 +93,8 @@ COMPARE = {  # --variants key -> variant, in the order --compare runs them
     "bf16_cl": Variant("bf16 + channels_last_3d", amp="bf16", channels_last=True),
     "compile": Variant("torch.compile", compile=True),
     "bf16_compile": Variant("bf16 + torch.compile", amp="bf16", compile=True),
+    "bf16_cl_compile": Variant("bf16 + channels_last_3d + torch.compile", amp="bf16",
+                               channels_last=True, compile=True),
 }
 
 
