@@ -1,0 +1,110 @@
+"""Where the local–global alignment puts its probability (METHOD §3.3), for a train.py checkpoint.
+
+``L_lg`` matches the ``t`` pooled steps of the local clips to the ``t`` steps of the global clip.
+Its value alone does not say what was learned: this script prints, per level, the mean over
+videos of ``softmax_k(<local_m, global_k>/τ)`` (row ``m`` = local step, column ``k`` = global
+step, in %) next to the loss and its chance value ``ln t``. A diagonal matrix means the
+timestamps are resolved; mass split between ``k = m`` and ``k = m ± t/n`` means the position
+inside a local clip is resolved but not which of the ``n`` clips it is (the README's demo section
+shows such a case).
+
+    python scripts/inspect_alignment.py --checkpoint runs/demo/pretrain_full/checkpoint_last.pth \\
+        --csv_file data/synthetic_demo/pretrain.csv
+
+The clips are drawn and augmented as in training (the checkpoint's ``--seq --sample --img_dim
+--rate --color_strength --grayscale_p``), the model runs in eval mode.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets import PretrainDataset  # noqa: E402
+from engine.checkpoint import load_checkpoint  # noqa: E402
+from losses.alignment import local_global_alignment, pool_local_sequence  # noqa: E402
+from models import MultiLevelModel  # noqa: E402
+from models.output import LEVELS  # noqa: E402
+
+
+def alignment_assignment(fine_local: torch.Tensor, fine_global: torch.Tensor,
+                         tau: float = 0.07) -> torch.Tensor:
+    """Mean over videos of the local→global softmax of METHOD §3.3: ``(t, t)``, rows sum to 1.
+
+    ``fine_local (b, n, t, C)``, ``fine_global (b, t, C)``, as the model returns them.
+    """
+    local = F.normalize(pool_local_sequence(fine_local.float()), dim=-1)
+    glob = F.normalize(fine_global.float(), dim=-1)
+    logits = torch.einsum("bmc,bkc->bmk", local, glob) / tau
+    return logits.softmax(dim=2).mean(dim=0)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a train.py checkpoint")
+    p.add_argument("--csv_file", required=True, help="pretraining CSV (rows 'path,num_frames')")
+    p.add_argument("--data_root", default=None, help="folder for relative CSV paths")
+    p.add_argument("--videos", type=int, default=64, help="videos to average over (default 64)")
+    p.add_argument("--batch", type=int, default=16, help="videos per forward pass (default 16)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the clip draws (default 0)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    ckpt = load_checkpoint(args.checkpoint)
+    if "model_config" not in ckpt or "args" not in ckpt:
+        raise SystemExit(f"{args.checkpoint}: not a train.py checkpoint (no model_config/args)")
+    run = ckpt["args"]
+    model = MultiLevelModel(**ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    device = torch.device(args.device)
+    model.to(device).eval()
+    dataset = PretrainDataset(args.csv_file, seq=run["seq"], sample=run["sample"],
+                              img_dim=run["img_dim"], rate=run["rate"], data_root=args.data_root,
+                              color_strength=run["color_strength"], grayscale_p=run["grayscale_p"])
+    torch.manual_seed(args.seed)
+    subset = torch.utils.data.Subset(dataset, range(min(args.videos, len(dataset))))
+    sums = {lv: 0.0 for lv in LEVELS}
+    losses = {lv: 0.0 for lv in LEVELS}
+    count = 0
+    with torch.no_grad():
+        for clips in DataLoader(subset, batch_size=args.batch, num_workers=args.workers):
+            out = model(clips.to(device))
+            b = clips.shape[0]
+            for lv in LEVELS:
+                sums[lv] = sums[lv] + b * alignment_assignment(
+                    out.fine_local[lv], out.fine_global[lv], run["tau"]).cpu()
+                losses[lv] += b * local_global_alignment(
+                    out.fine_local[lv], out.fine_global[lv], run["tau"]).item()
+            count += b
+    result: dict[str, Any] = {"videos": count}
+    print(f"{args.checkpoint}: local-global alignment on {count} videos "
+          f"(rows: local step m, columns: global step k, % of the softmax)")
+    for lv in LEVELS:
+        matrix = sums[lv] / count
+        t = matrix.shape[0]
+        loss = losses[lv] / count
+        result[lv] = {"assignment": matrix.tolist(), "loss": loss, "chance": math.log(t),
+                      "diagonal": matrix.diagonal().mean().item()}
+        print(f"\n{lv}: t = {t}, L_lg = {loss:.3f} (chance ln {t} = {math.log(t):.3f}), "
+              f"mean diagonal {100 * result[lv]['diagonal']:.0f} %")
+        for row in matrix:
+            print("  " + " ".join(f"{100 * v:3.0f}" for v in row.tolist()))
+    return result
+
+
+if __name__ == "__main__":
+    main()
