@@ -30,8 +30,8 @@ Variants: ``--amp bf16`` (one autocast context, as train.py), ``--channels_last`
 input in ``channels_last_3d``: the layout train.py and the evaluation scripts use on every
 device), ``--compile`` (``torch.compile`` of the model; the objective stays eager). ``--compare``
 runs fp32 (contiguous), bf16, channels-last (fp32 and bf16) and compile (fp32, bf16, bf16 with
-channels-last) one after another and prints a table with ratios vs fp32, plus each variant's first-step loss vs fp32's
-(same initial weights, inputs and queue). On CPU the autocast and compile variants are skipped
+channels-last) one after another and prints a table with ratios vs fp32, plus each variant's
+first-step loss vs fp32's (same initial weights, inputs and queue). On CPU the autocast and compile variants are skipped
 with a message unless ``--force_variants`` (only to test the code paths); fp32 and channels-last
 are compared on CPU too.
 
