@@ -45,6 +45,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def fp32_region(x: torch.Tensor) -> Iterator[None]:
+    """Disable autocast for ``x``'s device type inside the block (no-op where unsupported, e.g.
+    ``meta``): the float32 islands inside an autocast forward (the objectives of METHOD §3, the
+    prototype scores that feed Sinkhorn)."""
+    device_type = x.device.type
+    if device_type in ("cuda", "cpu", "xpu", "mps", "hpu"):
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    else:  # pragma: no cover - exotic devices have no autocast to disable
+        yield
+
+
 def make_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
     """A ``GradScaler`` enabled only for fp16 (bf16 and fp32 need no loss scaling).
 

@@ -2,28 +2,13 @@
 
 The similarity matmuls, ``logsumexp`` / ``log_softmax`` and the Sinkhorn iterations run in
 float32 even when the caller is inside ``torch.autocast`` (bf16/fp16 logits divided by
-``τ = 0.07`` lose too many bits). Every public loss enters :func:`fp32_region` and converts its
-inputs with :func:`normalized32`.
+``τ = 0.07`` lose too many bits). Every public loss enters ``engine.amp.fp32_region`` and
+converts its inputs with :func:`normalized32`.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-
-@contextlib.contextmanager
-def fp32_region(x: Tensor) -> Iterator[None]:
-    """Disable autocast for ``x``'s device type inside the block (no-op where unsupported)."""
-    device_type = x.device.type
-    if device_type in ("cuda", "cpu", "xpu", "mps", "hpu"):
-        with torch.autocast(device_type=device_type, enabled=False):
-            yield
-    else:  # pragma: no cover - exotic devices have no autocast to disable
-        yield
 
 
 def normalized32(x: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losses._fp32 import fp32_region
+from engine.amp import fp32_region
 
 
 def pool_local_sequence(fine_local: Tensor) -> Tensor:
@@ -28,18 +28,16 @@ def pool_local_sequence(fine_local: Tensor) -> Tensor:
     return fine_local.reshape(b, t, n, c).mean(dim=2)
 
 
-def local_global_alignment(fine_local: Tensor, fine_global: Tensor, tau: float = 0.07) -> Tensor:
-    """Timestamp retrieval between the pooled local sequence and the global clip (METHOD §3.3).
+def alignment_logits(fine_local: Tensor, fine_global: Tensor, tau: float = 0.07) -> Tensor:
+    """The timestamp logits of METHOD §3.3: ``l[m, k] = <local_m, global_k>/τ`` per video.
 
     Args:
         fine_local: ``(b, n, t, C)`` per-step features of the local clips (normal order).
         fine_global: ``(b, t, C)`` per-step features of the global clip.
         tau: temperature.
 
-    Logits ``l[m, k] = <local_m, global_k>/τ`` per video (after :func:`pool_local_sequence`
-    and L2 normalisation); cross-entropy with target ``m = k`` over ``k`` (local → global) and
-    over ``m`` (global → local), each averaged over videos and steps, then the two averaged.
-    Per video, so nothing is gathered across ranks. Scalar float32.
+    ``local_m`` is step ``m`` of :func:`pool_local_sequence`; both sides L2-normalised. Float32
+    ``(b, t_local, t_global)``, also inside autocast.
     """
     if fine_global.dim() != 3:
         raise ValueError(f"fine_global must be (b, t, C), got shape {tuple(fine_global.shape)}")
@@ -60,7 +58,22 @@ def local_global_alignment(fine_local: Tensor, fine_global: Tensor, tau: float =
         norms_l = torch.linalg.vector_norm(local, dim=-1).clamp_min(1e-12)
         norms_g = torch.linalg.vector_norm(glob, dim=-1).clamp_min(1e-12)
         dots = torch.einsum("bmc,bkc->bmk", local, glob)
-        logits = dots / (norms_l[:, :, None] * norms_g[:, None, :] * tau)   # (b, t_local, t_global)
+        return dots / (norms_l[:, :, None] * norms_g[:, None, :] * tau)   # (b, t_local, t_global)
+
+
+def alignment_loss(logits: Tensor) -> Tensor:
+    """Cross-entropy of :func:`alignment_logits` with target ``m = k`` over ``k`` (local →
+    global) and over ``m`` (global → local), each averaged over videos and steps, then the two
+    averaged (METHOD §3.3). Scalar float32."""
+    with fp32_region(logits):
+        logits = logits.float()
         l2g = -torch.diagonal(F.log_softmax(logits, dim=2), dim1=1, dim2=2).mean()
         g2l = -torch.diagonal(F.log_softmax(logits, dim=1), dim1=1, dim2=2).mean()
         return 0.5 * (l2g + g2l)
+
+
+def local_global_alignment(fine_local: Tensor, fine_global: Tensor, tau: float = 0.07) -> Tensor:
+    """Timestamp retrieval between the pooled local sequence and the global clip (METHOD §3.3):
+    :func:`alignment_loss` of :func:`alignment_logits` (shapes as there). Per video, so nothing
+    is gathered across ranks. Scalar float32."""
+    return alignment_loss(alignment_logits(fine_local, fine_global, tau))

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from engine.amp import fp32_region
 from engine.distributed import all_gather_no_grad, all_gather_with_grad, local_rows
-from losses._fp32 import fp32_region, normalized32
+from losses._fp32 import normalized32
 
 
 def multi_positive_contrast(pos_logits: Tensor, all_logits: Tensor | Sequence[Tensor]) -> Tensor:

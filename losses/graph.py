@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.amp import fp32_region
 from engine.distributed import all_gather_with_grad
-from losses._fp32 import fp32_region, normalized32
+from losses._fp32 import normalized32
 
 
 @torch.no_grad()

@@ -15,8 +15,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
+from engine.amp import fp32_region
 from engine.distributed import all_gather_no_grad, local_rows
-from losses._fp32 import fp32_region
 from losses.alignment import local_global_alignment
 from losses.contrast import instance_contrast, instance_graph, motion_contrast
 from losses.graph import graph_loss, graph_target

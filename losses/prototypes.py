@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine.amp import fp32_region
 from engine.distributed import (
     all_gather_no_grad,
     all_reduce_max_,
@@ -22,7 +23,6 @@ from engine.distributed import (
     rank,
     world_size,
 )
-from losses._fp32 import fp32_region
 
 
 @torch.no_grad()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine.amp import fp32_region
 from models.heads import GlobalHead, MLPHead
 from models.motion_excitation import MotionExcitation
 from models.output import LEVELS, MultiLevelOutput
@@ -125,9 +125,7 @@ class MultiLevelModel(nn.Module):
         embedding = self.global_head(high_pooled.flatten(0, 1))
         # float32 even under autocast: the scores go into Sinkhorn's exp(score / 0.05), where
         # bf16's rounding of a cosine (~4e-3) would move the codes by ~8 %
-        device = clips.device.type
-        with (torch.autocast(device, enabled=False) if device in ("cuda", "cpu")
-              else contextlib.nullcontext()):  # e.g. "meta": no autocast to leave
+        with fp32_region(embedding):
             scores = self.prototypes(embedding.float()).unflatten(0, (b, n + 1))[:, :n]
         return MultiLevelOutput(
             proj=proj,

@@ -24,27 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import PretrainDataset  # noqa: E402
 from engine.checkpoint import load_checkpoint  # noqa: E402
-from losses.alignment import local_global_alignment, pool_local_sequence  # noqa: E402
+from losses.alignment import alignment_logits, alignment_loss  # noqa: E402
 from models import MultiLevelModel  # noqa: E402
 from models.output import LEVELS  # noqa: E402
 
 
-def alignment_assignment(fine_local: torch.Tensor, fine_global: torch.Tensor,
-                         tau: float = 0.07) -> torch.Tensor:
-    """Mean over videos of the local→global softmax of METHOD §3.3: ``(t, t)``, rows sum to 1.
-
-    ``fine_local (b, n, t, C)``, ``fine_global (b, t, C)``, as the model returns them.
-    """
-    local = F.normalize(pool_local_sequence(fine_local.float()), dim=-1)
-    glob = F.normalize(fine_global.float(), dim=-1)
-    logits = torch.einsum("bmc,bkc->bmk", local, glob) / tau
+def alignment_assignment(logits: torch.Tensor) -> torch.Tensor:
+    """Mean over videos of the local→global softmax of :func:`alignment_logits` ``(b, t, t)``:
+    ``(t, t)``, rows sum to 1."""
     return logits.softmax(dim=2).mean(dim=0)
 
 
@@ -85,10 +78,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             out = model(clips.to(device))
             b = clips.shape[0]
             for lv in LEVELS:
-                sums[lv] = sums[lv] + b * alignment_assignment(
-                    out.fine_local[lv], out.fine_global[lv], run["tau"]).cpu()
-                losses[lv] += b * local_global_alignment(
-                    out.fine_local[lv], out.fine_global[lv], run["tau"]).item()
+                logits = alignment_logits(out.fine_local[lv], out.fine_global[lv], run["tau"])
+                sums[lv] = sums[lv] + b * alignment_assignment(logits).cpu()
+                losses[lv] += b * alignment_loss(logits).item()
             count += b
     result: dict[str, Any] = {"videos": count}
     print(f"{args.checkpoint}: local-global alignment on {count} videos "

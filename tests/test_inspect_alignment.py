@@ -8,6 +8,7 @@ import torch
 
 import train
 from losses import local_global_alignment
+from losses.alignment import alignment_logits
 from pretrain_helpers import make_videos, tiny_argv
 from scripts.inspect_alignment import alignment_assignment, main
 
@@ -23,7 +24,7 @@ def test_resolved_timestamps_give_the_identity() -> None:
     glob = one_hot_steps(t)[None]                                   # (1, t, C)
     sequence = glob[0].repeat_interleave(n, dim=0)                  # n*t steps, each global step twice
     local = sequence.view(1, n, t, -1)                              # (1, n, t, C)
-    matrix = alignment_assignment(local, glob)
+    matrix = alignment_assignment(alignment_logits(local, glob))
     assert matrix.shape == (t, t)
     torch.testing.assert_close(matrix, torch.eye(t), atol=1e-5, rtol=0)
 
@@ -36,7 +37,7 @@ def test_clips_that_cannot_be_told_apart_split_the_mass() -> None:
     glob = torch.cat([half, half])[None]                            # period t/n
     clip = half.repeat_interleave(n, dim=0)                         # one clip pools onto t/n steps
     local = torch.stack([clip, clip])[None]
-    matrix = alignment_assignment(local, glob)
+    matrix = alignment_assignment(alignment_logits(local, glob))
     expected = 0.5 * (torch.eye(t) + torch.eye(t).roll(t // n, dims=1))
     torch.testing.assert_close(matrix, expected, atol=1e-5, rtol=0)
     assert local_global_alignment(local, glob).item() == pytest.approx(math.log(2), abs=1e-4)
@@ -44,7 +45,8 @@ def test_clips_that_cannot_be_told_apart_split_the_mass() -> None:
 
 def test_random_features_rows_sum_to_one() -> None:
     g = torch.Generator().manual_seed(0)
-    matrix = alignment_assignment(torch.randn(5, 3, 6, 8, generator=g), torch.randn(5, 6, 8, generator=g))
+    matrix = alignment_assignment(alignment_logits(torch.randn(5, 3, 6, 8, generator=g),
+                                                   torch.randn(5, 6, 8, generator=g)))
     torch.testing.assert_close(matrix.sum(1), torch.ones(6))
     assert (matrix >= 0).all()
 
