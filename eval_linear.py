@@ -49,40 +49,22 @@ from typing import Any
 
 import torch
 
-from engine.amp import make_scaler, resolve_amp
-from engine.evaluate import (
-    CENTER_MODES,
-    OPTIMIZERS,
-    RANDOM_INIT_BANNER,
-    RETRIEVAL_KS,
-    USER_ERRORS,
-    EpochCallback,
-    HelpFormatter,
-    add_common_args,
-    apply_step_schedule,
-    assert_state_unchanged,
-    build_eval_backbone,
-    build_optimizer,
-    check_common_args,
-    check_only_head_trains,
-    classification_metrics,
-    clip_dataset,
-    eval_batch_size,
-    extract,
-    knn_scores,
-    make_loader,
-    predict_features,
-    retrieval_recall,
-    state_snapshot,
-    topk_accuracy,
-    train_linear_probe,
-    train_one_epoch,
+from datasets.downstream import ClipDataset
+from engine import cli
+from engine.features import eval_batch_size, extract
+from engine.loader import make_loader
+from engine.metrics import CENTER_MODES, RETRIEVAL_KS, classification_metrics, knn_scores, retrieval_recall, \
+    topk_accuracy
+from engine.probe import (
+    assert_state_unchanged, predict_features, state_snapshot, train_linear_probe, train_probe_end_to_end,
 )
-from engine import runtime
-from engine.logging import RunLogger, prepare_output_dir, write_json
-from engine.pretrain import start_epoch
-from models import ClassifierHead, VideoClassifier
+from models import RANDOM_INIT_BANNER, ClassifierHead, VideoClassifier, build_eval_backbone
+from utils import runtime
+from utils.amp import resolve_amp
+from utils.logging import RunLogger, prepare_output_dir, write_json
+from utils.optim import OPTIMIZERS, build_optimizer
 
+PROG = "eval_linear.py"
 # (optimiser, lr, weight decay) when not given: CoCLR's two linear-probe recipes
 CACHED_DEFAULTS = ("sgd", 1.0, 1e-3)  # eval/feature_linear_probe.py
 END_TO_END_DEFAULTS = ("adam", 1e-3, 1e-3)  # eval/main_classifier.py --train_what last
@@ -90,8 +72,9 @@ HEADLINE = ("top1", "top5", "clip_top1", "knn_top1")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eval_linear.py", description=__doc__, formatter_class=HelpFormatter)
-    add_common_args(parser)
+    parser = cli.new_parser(PROG, __doc__)
+    cli.add_downstream_args(parser, "args.json, log.jsonl, TensorBoard events (tb/) and metrics.json",
+                            distributed=False, resume=False)
     probe = parser.add_argument_group("linear probe (METHOD §5)")
     probe.add_argument("--cache_features", action=argparse.BooleanOptionalAction, default=True,
                        help="extract features once and train the head on the cached tensors; "
@@ -108,8 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: sgd (cached) / adam (end to end); SGD has momentum 0.9")
     probe.add_argument("--lr", type=float, default=None, help="default: 1.0 (cached) / 1e-3 (end to end)")
     probe.add_argument("--wd", type=float, default=None, help="weight decay (default: 1e-3)")
-    probe.add_argument("--epochs", type=int, default=100,
-                       help="epochs of head training; 0 = no classifier (kNN / retrieval only)")
+    cli.add_epochs_arg(probe, False, 100, "epochs of head training; 0 = no classifier (kNN / retrieval only)")
     probe.add_argument("--schedule", type=int, nargs="*", default=[60, 80],
                        help="epochs at which the lr is divided by 10")
     probe.add_argument("--feature_batch_size", type=int, default=1024,
@@ -127,55 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    check_common_args(args)
-    if args.epochs < 0 or args.aug_epochs < 0 or args.knn < 0:
-        raise ValueError("--epochs, --aug_epochs and --knn must be >= 0")
-    if args.aug_epochs and not args.cache_features:
-        raise ValueError("--aug_epochs only applies to cached features; drop it or --no-cache_features")
-    if args.epochs == 0 and not args.knn and not args.retrieval:
-        raise ValueError("--epochs 0 trains no classifier: ask for --knn K and/or --retrieval")
-    if args.feature_batch_size < 2:
-        raise ValueError("--feature_batch_size must be >= 2")
-
-
-def train_probe_end_to_end(model: VideoClassifier, loader: Any, optimizer: torch.optim.Optimizer, *,
-                           epochs: int, lr: float, schedule: Sequence[int], device: torch.device,
-                           amp_dtype: torch.dtype | None = None, seed: int = 0,
-                           on_epoch: EpochCallback | None = None, show_progress: bool = False) -> int:
-    """Train ``model.head`` through the frozen backbone (METHOD §5 linear probe, end to end):
-    ``model`` must be a ``frozen`` :class:`VideoClassifier` (backbone in eval mode whatever
-    ``.train()`` says) and ``optimizer`` must hold only the head (checked). ``loader`` comes from
-    ``make_loader(..., train=True)``; epoch ``e``'s data depends on ``(seed, e)`` only. Returns
-    the number of videos skipped (missing/corrupt frames) over all epochs."""
-    if not model.frozen:
-        raise ValueError("train_probe_end_to_end needs VideoClassifier(..., frozen=True)")
-    check_only_head_trains(model, model.head, optimizer)
-    scaler = make_scaler(amp_dtype, device)
-    skipped = 0
-    for epoch in range(epochs):
-        lr_now = apply_step_schedule(optimizer, lr, epoch, schedule)
-        start_epoch(loader, seed, 0, epoch)
-        stats = train_one_epoch(model, loader, optimizer, scaler, device, amp_dtype,
-                                show_progress, desc=f"probe epoch {epoch}")
-        skipped += stats["skipped_videos"]
-        if on_epoch is not None:
-            on_epoch(epoch, {**stats, "lr": lr_now}, model.head)
-    return skipped
+def check_args(args: argparse.Namespace) -> None:
+    """eval_linear.py's own checks (``ValueError`` with one message)."""
+    cli.check_downstream(args)
+    cli.check_at_least(args, 0, "epochs", "aug_epochs", "knn")
+    cli.require(not (args.aug_epochs and not args.cache_features),
+                "--aug_epochs only applies to cached features; drop it or --no-cache_features")
+    cli.require(args.epochs or args.knn or args.retrieval,
+                "--epochs 0 trains no classifier: ask for --knn K and/or --retrieval")
+    cli.check_at_least(args, 2, "feature_batch_size")
+    cli.require((runtime.launched_world_size() or 1) == 1,
+                "eval_linear.py runs in one process (feature extraction of a frozen backbone); launch it "
+                "with python, not torchrun")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and check the flags (one message for a bad combination) and fill the mode-dependent
     optimiser defaults."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        _check_args(args)
-    except ValueError as err:
-        parser.error(str(err))
-    if (runtime.launched_world_size() or 1) > 1:
-        parser.error("eval_linear.py runs in one process (feature extraction of a frozen backbone); "
-                     "launch it with python, not torchrun")
+    args = cli.parse_checked(build_parser(), argv, check_args)
     defaults = CACHED_DEFAULTS if args.cache_features else END_TO_END_DEFAULTS
     args.optim = args.optim or defaults[0]
     args.lr = defaults[1] if args.lr is None else args.lr
@@ -185,16 +136,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point; returns (and writes to ``metrics.json``) the headline figures."""
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except USER_ERRORS as err:
-        raise SystemExit(f"eval_linear.py: error: {err}") from None
+    return cli.launch(PROG, run, parse_args(argv))
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """The probe, kNN and retrieval for parsed ``args``."""
-    device = runtime.resolve_device(args.device)
+def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
+    """The probe, kNN and retrieval for parsed ``args`` (one process on ``info.device``)."""
+    device = info.device
     amp_dtype = resolve_amp(args.amp, device)
     runtime.seed_everything(args.seed)
     out = prepare_output_dir(args.output_dir, args)
@@ -208,9 +155,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         logger.print(f"=> backbone {init['net']} (width {init['width']}) from {init['pretrained']}")
 
-    train_set = clip_dataset(args, args.train_csv, train=True, num_classes=args.num_classes)
+    train_set = ClipDataset.from_args(args, args.train_csv, train=True, num_classes=args.num_classes)
     num_classes = train_set.num_classes
-    test_set = clip_dataset(args, args.val_csv, train=False, num_classes=num_classes, ten_crop=args.ten_crop)
+    test_set = ClipDataset.from_args(args, args.val_csv, train=False, num_classes=num_classes,
+                                     ten_crop=args.ten_crop)
     head = ClassifierHead(backbone.out_channels["high"], num_classes, final_bn=args.final_bn,
                           normalize=args.normalize)
     model = VideoClassifier(backbone, head, frozen=True).to(device)
@@ -224,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def features(dataset: Any, clips_per_video: int, desc: str,
                  split: str) -> tuple[torch.Tensor, torch.Tensor]:
         batch = eval_batch_size(args.batch_size, clips_per_video)
-        loader = make_loader(dataset, batch, args.workers, device)  # in order, every video
+        loader = make_loader(dataset, batch, workers=args.workers, device=device)  # every video, in order
         x, y, n = extract(model.features, loader, device, amp_dtype, show, desc)
         skipped[split] += n
         return x, y
@@ -235,7 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "val")
     gallery_x = gallery_y = None
     if args.knn or args.retrieval or (args.epochs and args.cache_features and not args.aug_epochs):
-        gallery_set = clip_dataset(args, args.train_csv, train=False, num_classes=num_classes)
+        gallery_set = ClipDataset.from_args(args, args.train_csv, train=False, num_classes=num_classes)
         gallery_x, gallery_y = features(gallery_set, args.num_clips, "train features (test-style clips)",
                                         "train")
 
@@ -267,7 +215,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                batch_size=args.feature_batch_size, device=device, seed=args.seed,
                                on_epoch=on_epoch, show_progress=show)
         else:
-            loader = make_loader(train_set, args.batch_size, args.workers, device, train=True, seed=args.seed)
+            loader = make_loader(train_set, args.batch_size, workers=args.workers, device=device,
+                                 order="epoch", seed=args.seed)
             optimizer = build_optimizer([{"params": model.head.parameters()}], args.optim, args.lr, args.wd)
             skipped["train"] += train_probe_end_to_end(
                 model, loader, optimizer, epochs=args.epochs, lr=args.lr, schedule=args.schedule,

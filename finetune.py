@@ -34,8 +34,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,46 +41,29 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from engine import runtime
-from engine.amp import make_scaler, resolve_amp
-from engine.checkpoint import (
-    CHECKPOINT_VERSION,
-    LAST_NAME,
-    CheckpointError,
-    find_resume,
-    load_checkpoint,
-    numbered_name,
-    remove_stale_temps,
-    save_checkpoint,
+from datasets.downstream import ClipDataset
+from engine import cli
+from engine.checkpointing import (
+    read_training_checkpoint, restore_training_state, save_epoch_checkpoints, training_state,
 )
-from engine.evaluate import (
-    OPTIMIZERS,
-    RANDOM_INIT_BANNER,
-    USER_ERRORS,
-    HelpFormatter,
-    add_common_args,
-    apply_step_schedule,
-    build_eval_backbone,
-    build_optimizer,
-    check_common_args,
-    classification_metrics,
-    clip_dataset,
-    eval_batch_size,
-    extract,
-    gather_shards,
-    make_loader,
-    shard_indices,
-    sum_over_ranks,
-    train_one_epoch,
-)
-from engine.logging import RunLogger, prepare_output_dir, to_jsonable, write_json
-from engine.pretrain import start_epoch
-from models import ClassifierHead, VideoClassifier, build_backbone
+from engine.features import eval_batch_size, extract, gather_shards, shard_indices, sum_over_ranks
+from engine.loader import make_loader, start_epoch
+from engine.metrics import classification_metrics
+from engine.supervised import train_one_epoch
+from models import RANDOM_INIT_BANNER, ClassifierHead, VideoClassifier, build_backbone, build_eval_backbone
+from utils import runtime
+from utils.amp import make_scaler, resolve_amp
+from utils.checkpoint import LAST_NAME, CheckpointError, remove_stale_temps
+from utils.logging import RunLogger, prepare_output_dir, to_jsonable, write_json
+from utils.optim import OPTIMIZERS, apply_step_schedule, build_optimizer
+
+PROG = "finetune.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finetune.py", description=__doc__, formatter_class=HelpFormatter)
-    add_common_args(parser)
+    parser = cli.new_parser(PROG, __doc__)
+    cli.add_downstream_args(parser, "args.json, log.jsonl, TensorBoard events (tb/), checkpoints and "
+                            "metrics.json", distributed=True, resume=True)
     ft = parser.add_argument_group("fine-tuning (METHOD §5)")
     ft.add_argument("--dropout", type=float, default=0.5, help="dropout before the linear classifier")
     ft.add_argument("--final_bn", action="store_true", help="BatchNorm1d on the pooled feature before dropout")
@@ -91,53 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--backbone_lr_scale", type=float, default=0.1,
                     help="the backbone's learning rate is --lr times this")
     ft.add_argument("--wd", type=float, default=1e-3, help="weight decay")
-    ft.add_argument("--epochs", type=int, default=100, help="training epochs")
+    cli.add_epochs_arg(ft, False, 100, "training epochs")
     ft.add_argument("--schedule", type=int, nargs="*", default=[60, 80],
                     help="epochs at which the learning rates are divided by 10")
-    proc = parser.add_argument_group("processes and outputs")
-    proc.add_argument("--multiprocessing-distributed", dest="multiprocessing_distributed", action="store_true",
-                      help="spawn one process per GPU of this node (or --nproc CPU processes without "
-                           "GPU); ignored under torchrun")
-    proc.add_argument("--nproc", type=int, default=None,
-                      help="processes for --multiprocessing-distributed (default: the number of GPUs, or 1)")
-    proc.add_argument("--dist_timeout", type=float, default=1800,
-                      help="seconds a collective may wait for the other ranks before failing")
-    proc.add_argument("--resume", default="auto",
-                      help="auto: continue from the newest checkpoint in --output_dir if any; PATH: that "
-                           "checkpoint; none: start fresh (refused if --output_dir holds checkpoints)")
-    proc.add_argument("--save_every", type=int, default=10,
-                      help="keep checkpoint_NNNN.pth every this many epochs (and the last); 0 = only the last")
     return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """finetune.py's own checks (``ValueError`` with one message)."""
+    cli.check_downstream(args)
+    cli.check_at_least(args, 1, "epochs")
+    cli.require(0 <= args.dropout < 1, f"--dropout must be in [0, 1), got {args.dropout}")
+    cli.require(args.lr > 0 and args.wd >= 0 and args.backbone_lr_scale >= 0,
+                "--lr must be > 0, --wd and --backbone_lr_scale >= 0")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and check the flags; a bad combination exits with one message."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        check_common_args(args)
-        if args.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-        if not 0 <= args.dropout < 1:
-            raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
-        if args.lr <= 0 or args.wd < 0 or args.backbone_lr_scale < 0:
-            raise ValueError("--lr must be > 0, --wd and --backbone_lr_scale >= 0")
-        if args.save_every < 0 or (args.nproc is not None and args.nproc < 1):
-            raise ValueError("--save_every must be >= 0 and --nproc >= 1")
-        if args.resume not in ("auto", "none") and not os.path.isfile(args.resume):
-            raise ValueError(f"--resume {args.resume}: no such checkpoint (use auto, none or a path)")
-        if args.resume == "none" and find_resume(args.output_dir) is not None:
-            raise ValueError(f"--resume none but {args.output_dir} already holds "
-                             f"{find_resume(args.output_dir)}: use --resume auto or another --output_dir")
-    except ValueError as err:
-        parser.error(str(err))
-    return args
-
-
-def _resume_path(args: argparse.Namespace) -> str | None:
-    if args.resume == "none":
-        return None
-    return find_resume(args.output_dir) if args.resume == "auto" else args.resume
+    return cli.parse_checked(build_parser(), argv, check_args)
 
 
 def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | None:
@@ -153,8 +105,8 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
         remove_stale_temps(out)
     show = main_proc and not args.no_progress
 
-    resume = _resume_path(args)
-    ckpt = load_checkpoint(resume) if resume else None
+    resume = cli.resume_path(args)
+    ckpt = read_training_checkpoint(resume) if resume else None
     first_epoch = int(ckpt["epoch"]) if ckpt is not None else 0
     # TensorBoard steps are epochs: hide (and drop from log.jsonl) what an earlier attempt wrote
     # after the checkpoint we restart from.
@@ -177,20 +129,19 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
     if config["init"] == "random":
         logger.print(RANDOM_INIT_BANNER)
 
-    train_set = clip_dataset(args, args.train_csv, train=True, num_classes=args.num_classes)
+    train_set = ClipDataset.from_args(args, args.train_csv, train=True, num_classes=args.num_classes)
     num_classes = train_set.num_classes
     if ckpt is not None and config["num_classes"] != num_classes:
         raise CheckpointError(f"checkpoint {resume} has {config['num_classes']} classes, the data "
                               f"{num_classes}; use the run's --num_classes or another --output_dir")
-    test_set = clip_dataset(args, args.val_csv, train=False, num_classes=num_classes, ten_crop=args.ten_crop)
+    test_set = ClipDataset.from_args(args, args.val_csv, train=False, num_classes=num_classes,
+                                     ten_crop=args.ten_crop)
     config.update(num_classes=num_classes, dropout=args.dropout, final_bn=args.final_bn)
     head = ClassifierHead(backbone.out_channels["high"], num_classes, final_bn=args.final_bn,
                           dropout=args.dropout)
     # channels_last_3d as in build_eval_backbone, also for a backbone rebuilt to resume (the same
     # layout gives the same float rounding, so a resumed run matches a straight one exactly)
     model = VideoClassifier(backbone, head).to(device, memory_format=torch.channels_last_3d)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
     ddp_model = runtime.wrap_ddp(model, info, find_unused_parameters=False)
     model = runtime.unwrap(ddp_model)  # SyncBatchNorm-converted under DDP on GPUs
     optimizer = build_optimizer(
@@ -199,18 +150,17 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
     scaler = make_scaler(amp_dtype, device)
     step = 0
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        _, step = restore_training_state(ckpt, resume, model=model, optimizer=optimizer, scaler=scaler)
         optimizer.param_groups[0]["lr_scale"] = args.backbone_lr_scale  # the flag wins on resume
-        if ckpt.get("scaler") and scaler.is_enabled():
-            scaler.load_state_dict(ckpt["scaler"])
-        step = int(ckpt["step"])
         logger.print(f"=> resumed from {resume}: {first_epoch} of {args.epochs} epochs done")
         del ckpt
 
-    loader = make_loader(train_set, args.batch_size, args.workers, device, train=True, seed=args.seed)
+    loader = make_loader(train_set, args.batch_size, workers=args.workers, device=device, order="epoch",
+                         seed=args.seed)
     clips_per_video = args.num_clips * (10 if args.ten_crop else 1)
     test_loader = make_loader(Subset(test_set, shard_indices(len(test_set))),
-                              eval_batch_size(args.batch_size, clips_per_video), args.workers, device)
+                              eval_batch_size(args.batch_size, clips_per_video), workers=args.workers,
+                              device=device)
     logger.print(f"=> {config['net']} x{config['width']} ({config['init']}), {num_classes} classes, "
                  f"{len(train_set)} train / {len(test_set)} test videos, {info.world_size} process(es) "
                  f"on {device.type}, amp {amp_dtype}, {args.optim} lr {args.lr} (backbone x{args.backbone_lr_scale})")
@@ -233,12 +183,9 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
         if args.eval_freq and (epoch + 1) % args.eval_freq == 0 and epoch + 1 < args.epochs:
             record.update({f"val_{k}": v for k, v in evaluate().items()})
         if main_proc:
-            state = {"model": model.state_dict(), "model_config": config, "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
-                     "args": to_jsonable(args), "version": CHECKPOINT_VERSION}
-            save_checkpoint(state, out / LAST_NAME)
-            if (args.save_every and (epoch + 1) % args.save_every == 0) or epoch + 1 == args.epochs:
-                save_checkpoint(state, out / numbered_name(epoch + 1))
+            state = training_state(model=model, optimizer=optimizer, scaler=scaler, next_epoch=epoch + 1,
+                                   step=step, args=to_jsonable(args), model_config=config)
+            save_epoch_checkpoints(state, out, args.epochs, args.save_every)
             del state
             logger.scalars("train", {k: v for k, v in record.items() if k not in ("epoch", "step")}, epoch)
             logger.log_epoch(record)
@@ -263,30 +210,9 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
     return metrics
 
 
-def main_worker(local_rank: int, args: argparse.Namespace) -> dict[str, Any] | None:
-    """One process of the run (the ``env://`` variables decide its rank)."""
-    info = runtime.init_distributed(args.device, args.dist_timeout)
-    tag = f"[rank {info.rank}/{info.world_size}] " if info.distributed else ""
-    try:
-        return run(args, info)
-    except USER_ERRORS as err:
-        raise SystemExit(f"{tag}finetune.py: error: {err}") from None
-    finally:
-        runtime.cleanup_distributed()
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Entry point; returns the metrics dict (single process / rank 0) for in-process use."""
-    args = parse_args(argv)
-    if args.multiprocessing_distributed and runtime.launched_world_size() is None:
-        nproc = runtime.num_spawn(args.device, args.nproc)
-        if nproc > 1:
-            try:
-                runtime.spawn_workers(main_worker, nproc, args)
-            except runtime.WorkerError as err:
-                raise SystemExit(f"finetune.py: error: {err}") from None
-            return json.loads((Path(args.output_dir) / "metrics.json").read_text())
-    return main_worker(int(os.environ.get("LOCAL_RANK", 0)), args)
+    return cli.launch(PROG, run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -13,30 +13,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
-from datasets.csv_io import CsvError
-from datasets.frames import FrameError
-from engine import runtime
-from engine.amp import AMP_CHOICES, make_scaler, resolve_amp
-from engine.checkpoint import (
-    LAST_NAME, CheckpointError, find_resume, numbered_name, remove_stale_temps, save_checkpoint,
+from engine import cli
+from engine.checkpointing import (
+    check_matches, read_training_checkpoint, restore_training_state, save_epoch_checkpoints, training_state,
 )
-from engine.logging import RunLogger, prepare_output_dir, to_jsonable, write_json
-from engine.pretrain import (
-    DataTooSmall, StepGuard, TrainingDiverged, build_loader, checkpoint_state, final_metrics,
-    objective_state, resume, start_epoch, train_one_epoch,
-)
-from engine.schedule import set_lr, step_decay_lr
+from engine.loader import make_loader, start_epoch
+from engine.pretrain import StepGuard, final_metrics, train_one_epoch
 from losses.objective import add_loss_args, loss_args_error
-from models import NETS
+from utils import runtime
+from utils.amp import make_scaler, resolve_amp
+from utils.checkpoint import LAST_NAME, numbered_name, remove_stale_temps
+from utils.logging import RunLogger, prepare_output_dir, to_jsonable, write_json
+from utils.optim import set_lr, step_decay_lr
 
-DESCRIPTION = __doc__.split("\n\n")[0]
+PROG = "train.py"
 EPILOG = """\
 examples (the reference README's commands work verbatim):
   Kinetics-400, all GPUs of this node:
@@ -48,92 +43,56 @@ examples (the reference README's commands work verbatim):
   two CPU processes (gloo), tiny model, for a smoke test:
     python train.py --csv_file data/synth/pretrain.csv --multiprocessing-distributed --nproc 2 \\
       --width 0.25 --seq 8 --img_dim 32 --train_batch 4 --epoch 2 --split 1 --cluster 16
+  flags from a file (one flag or value per line; later flags override it):
+    python train.py @my_flags.args --csv_file data/synth/pretrain.csv
 
 outputs in --output_dir: args.json, log.jsonl (one line per epoch), tb/ (TensorBoard),
 checkpoint_last.pth (every epoch), checkpoint_NNNN.pth (after NNNN epochs, every --save_every
 epochs and at the end), metrics.json (at the end). Rerunning the same command continues the run
 (--resume auto is the default)."""
 
-# Exceptions a user can cause: reported as one line, no traceback.
-USER_ERRORS = (CheckpointError, TrainingDiverged, DataTooSmall, CsvError, FrameError)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="train.py", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    d = p.add_argument_group("data (METHOD §1)")
-    d.add_argument("--csv_file", type=str, default=None,
-                   help="CSV of the training videos, rows 'path,num_frames' (required)")
-    d.add_argument("--data_root", type=str, default=None,
-                   help="folder that relative CSV paths are resolved against (default: the CSV's folder)")
-    d.add_argument("--seq", type=int, default=16, help="number of frames in each clip, T (default 16)")
-    d.add_argument("--sample", type=int, default=2,
-                   help="number of local clips extracted from each video, n >= 2 (default 2)")
-    d.add_argument("--img_dim", type=int, default=112, help="spatial size of the input clips (default 112)")
-    d.add_argument("--rate", type=float, default=3.0, help="upper bound of the frame sampling rate (default 3.0)")
+    p = cli.new_parser(PROG, __doc__.split("\n\n")[0], EPILOG)
+    d = cli.add_data_args(p, "data (METHOD §1)", {
+        "--csv_file": "CSV of the training videos, rows 'path,num_frames' (required)"}, required=False)
     d.add_argument("--color_strength", type=float, default=1.0,
                    help="multiplier of the per-frame colour-jitter strengths of METHOD §1 (1 = brightness/"
-                        "contrast/saturation 0.5, hue 0.25; 0 = none). Lower it for tiny inputs: see the "
-                        "README's demo section (default 1.0)")
+                        "contrast/saturation 0.5, hue 0.25; 0 = none). Lower it for tiny inputs: see "
+                        "docs/demo.md")
     d.add_argument("--grayscale_p", type=float, default=0.5,
-                   help="per-frame probability of the random grayscale of METHOD §1 (default 0.5)")
+                   help="per-frame probability of the random grayscale of METHOD §1")
     d.add_argument("--gpu_augment", action="store_true",
                    help="colour jitter/grayscale/normalisation run batched on the training device; the loader only "
                         "decodes, crops, resizes, flips (and draws the colour factors: same random numbers as "
                         "without the flag); uint8 batches also cut host->device traffic 4x")
-    d.add_argument("--workers", type=int, default=8, help="DataLoader workers per process (default 8)")
-    d.add_argument("--strict", action="store_true",
-                   help="stop at the first unreadable video/frame instead of skipping and counting it")
+    c = cli.add_clip_args(p, "clips (METHOD §1)")
+    c.add_argument("--sample", type=int, default=2, help="local clips drawn from each video, n >= 2")
+    c.add_argument("--rate", type=float, default=3.0, help="upper bound of the frame-rate factor r ~ U(1, rate)")
 
-    m = p.add_argument_group("model (METHOD §2)")
-    m.add_argument("--net", type=str, default="r3d_18", help=f"backbone: {', '.join(NETS)} (default r3d_18)")
-    m.add_argument("--width", type=float, default=1.0, help="channel-width multiplier of the backbone (default 1.0)")
-    m.add_argument("--channel", type=int, default=128, help="output width of every head (default 128)")
-    m.add_argument("--cluster", type=int, default=1000,
-                   help="number of prototypes K for Sinkhorn clustering (default 1000)")
+    m = cli.add_backbone_args(p, pretrained=False)
+    m.add_argument("--channel", type=int, default=128, help="output width of every head")
+    m.add_argument("--cluster", type=int, default=1000, help="number of prototypes K for Sinkhorn clustering")
 
     o = p.add_argument_group("optimisation (METHOD §4)")
-    o.add_argument("--train_batch", type=int, default=64, help="videos per batch per process (default 64)")
-    o.add_argument("--epoch", type=int, default=100, help="total pretraining epochs (default 100)")
-    o.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    o.add_argument("--wd", type=float, default=1e-5, help="Adam weight decay (default 1e-5)")
-    o.add_argument("--lr_decay", type=int, default=70, help="epoch from which the lr is multiplied by 0.1 (default 70)")
+    cli.add_batch_arg(o, True, 64, "videos per batch per process")
+    cli.add_epochs_arg(o, True, 100, "total pretraining epochs")
+    o.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    o.add_argument("--wd", type=float, default=1e-5, help="Adam weight decay")
+    o.add_argument("--lr_decay", type=int, default=70, help="epoch from which the lr is multiplied by 0.1")
     o.add_argument("--split", type=int, default=20,
-                   help="first epoch of the graph constraint; --split equal to --epoch disables it (default 20)")
+                   help="first epoch of the graph constraint; --split equal to --epoch disables it")
     o.add_argument("--thres", "-thres", type=float, default=0.05,
-                   help="threshold on G_ins in the graph constraint (default 0.05; '-thres' also accepted)")
-    o.add_argument("--seed", type=int, default=0, help="base random seed; rank r uses seed + r (default 0)")
-    o.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                   help="mixed precision: auto = bf16 on CUDA, off on CPU (default auto)")
+                   help="threshold on G_ins in the graph constraint ('-thres' also accepted)")
     o.add_argument("--compile", nargs="?", const="on", default="off", choices=("auto", "on", "off"),
-                   help="torch.compile the model: on, off, or auto (= on with CUDA); '--compile' alone = on "
-                        "(default off)")
+                   help="torch.compile the model: on, off, or auto (= on with CUDA); '--compile' alone = on")
     o.add_argument("--max_bad_steps", type=int, default=10,
-                   help="stop after this many non-finite steps in a row (each is skipped); 0 = never stop (default 10)")
+                   help="stop after this many non-finite steps in a row (each is skipped); 0 = never stop")
     add_loss_args(p)
 
-    r = p.add_argument_group("processes and devices")
-    r.add_argument("--device", choices=runtime.DEVICE_CHOICES, default="auto",
-                   help="auto = CUDA when available, else CPU (default auto)")
-    r.add_argument("--multiprocessing-distributed", dest="multiprocessing_distributed", action="store_true",
-                   help="spawn one process per GPU of this node (or --nproc CPU processes without GPU); "
-                        "ignored under torchrun, which starts the processes itself")
-    r.add_argument("--nproc", type=int, default=None,
-                   help="processes for --multiprocessing-distributed (default: the number of GPUs, or 1 without GPU)")
-    r.add_argument("--dist_timeout", type=float, default=1800,
-                   help="seconds a collective may wait for the other ranks before failing (default 1800)")
-
-    out = p.add_argument_group("outputs and resuming")
-    out.add_argument("--output_dir", type=str, default="runs/pretrain",
-                     help="where every output goes (default runs/pretrain)")
-    out.add_argument("--resume", type=str, default="auto",
-                     help="auto: continue from checkpoint_last.pth in --output_dir if there is one (default); "
-                          "PATH: that checkpoint; none: start fresh (refused if --output_dir holds checkpoints)")
-    out.add_argument("--save_every", type=int, default=10,
-                     help="keep checkpoint_NNNN.pth every this many epochs, 0 = only the final one (default 10)")
-    out.add_argument("--log_every", type=int, default=50, help="TensorBoard scalars every this many steps (default 50)")
+    cli.add_runtime_args(p, distributed=True)
+    out = cli.add_output_args(p, "every output", default_dir="runs/pretrain", resume=True)
+    out.add_argument("--log_every", type=int, default=50, help="TensorBoard scalars every this many steps")
     return p
 
 
@@ -147,70 +106,37 @@ def expected_world_size(args: argparse.Namespace) -> int:
     return 1
 
 
-def warn(msg: str) -> None:
-    print(f"train.py: warning: {msg}", file=sys.stderr, flush=True)
+def check_args(args: argparse.Namespace) -> None:
+    """train.py's own checks (``ValueError`` with one message; :func:`engine.cli.parse_checked`)."""
+    req = cli.require
+    req(args.csv_file is not None, "--csv_file is required: a CSV of 'path,num_frames' rows (see -h)")
+    req(args.sample >= 2, f"--sample {args.sample}: need at least 2 local clips per video (the positives of a "
+        "clip are the other clips of its video, METHOD §3.1)")
+    cli.check_at_least(args, 1, "epoch", "cluster", "channel", "log_every")
+    cli.check_at_least(args, 0, "split", "lr_decay", "max_bad_steps")
+    req(args.seq >= 2, f"--seq {args.seq}: a clip needs at least 2 frames (motion excitation and reversal, "
+        "METHOD §2)")
+    req(args.color_strength >= 0 and 0 <= args.grayscale_p <= 1,
+        f"--color_strength {args.color_strength} / --grayscale_p {args.grayscale_p}: need a strength >= 0 "
+        "and a probability in [0, 1]")
+    req(args.rate >= 1, f"--rate {args.rate}: the frame-rate factor is drawn from U(1, rate), so it must be >= 1")
+    req(0 <= args.thres <= 1, f"--thres {args.thres}: a threshold on softmax probabilities must be in [0, 1]")
+    req(args.lr > 0 and args.wd >= 0, "--lr must be > 0 and --wd >= 0")
+    loss_error = loss_args_error(args)
+    req(loss_error is None, loss_error or "")
+    req(args.split <= args.epoch, f"--split {args.split} is past --epoch {args.epoch}: the graph constraint "
+        f"would never start (use --split <= --epoch; --split {args.epoch} disables it)")
+    world = expected_world_size(args)
+    req(args.train_batch * world >= 2,
+        f"global batch = --train_batch {args.train_batch} x {world} process(es) = {args.train_batch * world} "
+        "video: the contrastive losses need >= 2 videos per global batch (negatives)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the flags; a bad combination exits with one message (``parser.error``)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    e = parser.error
-    if args.csv_file is None:
-        e("--csv_file is required: a CSV of 'path,num_frames' rows (see -h)")
-    if not os.path.isfile(args.csv_file):
-        e(f"--csv_file {args.csv_file}: no such file")
-    if args.data_root is not None and not os.path.isdir(args.data_root):
-        e(f"--data_root {args.data_root}: no such folder")
-    if args.sample < 2:
-        e(f"--sample {args.sample}: need at least 2 local clips per video (the positives of a clip are the "
-          "other clips of its video, METHOD §3.1)")
-    for name in ("seq", "img_dim", "train_batch", "epoch", "cluster", "channel", "log_every"):
-        if getattr(args, name) < 1:
-            e(f"--{name} must be >= 1, got {getattr(args, name)}")
-    for name in ("workers", "split", "lr_decay", "save_every", "max_bad_steps"):
-        if getattr(args, name) < 0:
-            e(f"--{name} must be >= 0, got {getattr(args, name)}")
-    if args.seq < 2:
-        e(f"--seq {args.seq}: a clip needs at least 2 frames (motion excitation and reversal, METHOD §2)")
-    if args.color_strength < 0 or not 0 <= args.grayscale_p <= 1:
-        e(f"--color_strength {args.color_strength} / --grayscale_p {args.grayscale_p}: need a strength >= 0 "
-          "and a probability in [0, 1]")
-    if args.rate < 1:
-        e(f"--rate {args.rate}: the frame-rate factor is drawn from U(1, rate), so it must be >= 1")
-    if not 0 <= args.thres <= 1:
-        e(f"--thres {args.thres}: a threshold on softmax probabilities must be in [0, 1]")
-    if args.lr <= 0 or args.wd < 0 or args.width <= 0 or args.dist_timeout <= 0:
-        e("--lr, --width and --dist_timeout must be > 0 and --wd >= 0")
-    loss_error = loss_args_error(args)
-    if loss_error:
-        e(loss_error)
-    if args.split > args.epoch:
-        e(f"--split {args.split} is past --epoch {args.epoch}: the graph constraint would never start "
-          f"(use --split <= --epoch; --split {args.epoch} disables it)")
+    args = cli.parse_checked(build_parser(), argv, check_args)
     if args.lr_decay >= args.epoch:
-        warn(f"--lr_decay {args.lr_decay} >= --epoch {args.epoch}: the learning rate will never decay")
-    if args.net not in NETS:
-        e(f"--net {args.net}: unknown network; choose one of {', '.join(NETS)}")
-    if args.nproc is not None and args.nproc < 1:
-        e(f"--nproc must be >= 1, got {args.nproc}")
-    if args.nproc and args.multiprocessing_distributed and args.device != "cpu" and torch.cuda.is_available() \
-            and args.nproc > torch.cuda.device_count():
-        e(f"--nproc {args.nproc} > {torch.cuda.device_count()} visible GPUs: one process per GPU "
-          "(or --device cpu for CPU processes)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        e("--device cuda: no CUDA device is visible; use --device cpu or auto")
-    if args.amp == "fp16" and (args.device == "cpu" or not torch.cuda.is_available()):
-        e("--amp fp16 needs a CUDA device; use --amp bf16 or --amp off on CPU")
-    world = expected_world_size(args)
-    if args.train_batch * world < 2:
-        e(f"global batch = --train_batch {args.train_batch} x {world} process(es) = {args.train_batch * world} "
-          "video: the contrastive losses need >= 2 videos per global batch (negatives)")
-    if args.resume not in ("auto", "none") and not os.path.isfile(args.resume):
-        e(f"--resume {args.resume}: no such checkpoint file (use auto, none or a checkpoint path)")
-    if args.resume == "none" and find_resume(args.output_dir) is not None:
-        e(f"--resume none but --output_dir {args.output_dir} already holds {find_resume(args.output_dir)}: "
-          "use --resume auto to continue that run, or another --output_dir")
+        cli.warn(PROG, f"--lr_decay {args.lr_decay} >= --epoch {args.epoch}: the learning rate will never decay")
     return args
 
 
@@ -244,7 +170,8 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
                               rate=args.rate, data_root=args.data_root, strict=args.strict,
                               color_strength=args.color_strength, grayscale_p=args.grayscale_p,
                               color_on_device=args.gpu_augment)
-    loader = build_loader(dataset, info, args.train_batch, args.workers, args.seed)
+    loader = make_loader(dataset, args.train_batch, workers=args.workers, device=device, order="epoch",
+                         seed=args.seed, batch_flag="--train_batch")
     # channels_last_3d on every device: the oneDNN (CPU) and cuDNN convolutions are faster in it
     # (CPU, 2 threads: 1.09-1.21x per step at 16x112^2, 1.03-1.37x at the demo's sizes on three
     # CPUs; scripts/bench_step.py --compare, README "Performance").
@@ -256,12 +183,17 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
 
     # -- resume
     first_epoch, step = 0, 0
-    resume_path = find_resume(args.output_dir) if args.resume == "auto" else \
-        None if args.resume == "none" else args.resume
-    resume_path = runtime.broadcast_object(resume_path)  # rank 0 decides for all
+    resume_path = runtime.broadcast_object(cli.resume_path(args))  # rank 0 decides for all
     if resume_path is not None:
-        first_epoch, step = resume(resume_path, model=model, objective=objective, optimizer=optimizer,
-                                   scaler=scaler, sample=args.sample, weight_decay=args.wd, restore_rng=main_proc)
+        ckpt = read_training_checkpoint(resume_path)
+        check_matches(ckpt, resume_path, {**model.config, "sample": args.sample})
+        first_epoch, step = restore_training_state(ckpt, resume_path, model=model, optimizer=optimizer,
+                                                   scaler=scaler, restore_rng=main_proc)
+        for group in optimizer.param_groups:  # the current --wd wins; the schedule sets the lr
+            group["weight_decay"] = args.wd
+        if ckpt.get("objective"):
+            objective.load_checkpoint_state(ckpt["objective"])
+        del ckpt
     # TensorBoard: hide what an interrupted attempt logged after the checkpoint (its last step,
     # ``step``, holds the finished epoch's scalars and stays); a fresh start hides everything
     logger = RunLogger(out_dir, enabled=main_proc, purge_step=step + 1 if resume_path else 0)
@@ -291,6 +223,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
             model=net, objective=objective, loader=loader, optimizer=optimizer, scaler=scaler,
             amp_dtype=amp_dtype, info=info, epoch=epoch, step=step, guard=guard, logger=logger,
             log_every=args.log_every, num_clips=args.sample + 1, color_on_device=args.gpu_augment,
+            show_progress=not args.no_progress,
         )
         step = result.step
         if main_proc:  # log first: a kill before the checkpoint lands reruns the epoch, whose line is then replaced
@@ -298,11 +231,9 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
             logger.log_epoch(record)
             logger.scalars("epoch", {k: v for k, v in record.items() if k not in ("epoch", "step")}, step)
             logger.flush()
-            state = checkpoint_state(model=model, objective_snapshot=objective_state(objective), optimizer=optimizer,
-                                     scaler=scaler, next_epoch=epoch + 1, step=step, args=to_jsonable(args))
-            save_checkpoint(state, out_dir / LAST_NAME)
-            if (args.save_every and (epoch + 1) % args.save_every == 0) or epoch + 1 == args.epoch:
-                save_checkpoint(state, out_dir / numbered_name(epoch + 1))
+            state = training_state(model=model, optimizer=optimizer, scaler=scaler, next_epoch=epoch + 1,
+                                   step=step, args=to_jsonable(args), objective=objective.checkpoint_state())
+            save_epoch_checkpoints(state, out_dir, args.epoch, args.save_every)
         guard.last_checkpoint = str(out_dir / LAST_NAME)
 
     # -- the end
@@ -323,73 +254,9 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
     return metrics
 
 
-def main_worker(local_rank: int, args: argparse.Namespace) -> dict | None:
-    """One process of the run (the env:// variables, not ``local_rank``, place it).
-
-    A user-caused error ends the process with one line (no traceback). Under DDP, any failure
-    prints its message tagged with the rank and leaves at once with ``os._exit(1)``: the other
-    ranks' pending collectives then fail (peer gone) or time out after ``--dist_timeout``.
-    """
-    info = runtime.init_distributed(args.device, args.dist_timeout)
-    tag = f"[rank {info.rank}/{info.world_size}] " if info.distributed else ""
-    try:
-        metrics = run(args, info)
-    except Exception as err:
-        if isinstance(err, USER_ERRORS):
-            msg = f"{tag}train.py: error: {err}"
-        elif is_worker_error(err):
-            msg = f"{tag}train.py: error: {worker_error_message(err)}"
-        elif is_comm_error(err):
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            msg = (f"{tag}train.py: error: a collective failed ({type(err).__name__}: {first}). Another rank "
-                   "probably failed first: look for its message. Restart with --resume auto to continue from "
-                   f"{Path(args.output_dir) / LAST_NAME}.")
-        elif not info.distributed:
-            raise  # a bug: keep the traceback
-        else:
-            traceback.print_exc()
-            msg = f"{tag}train.py: error: {type(err).__name__}: {err}"
-        if info.distributed:
-            print(msg, file=sys.stderr, flush=True)
-            sys.stdout.flush()
-            os._exit(1)
-        raise SystemExit(msg) from None
-    runtime.cleanup_distributed()
-    return metrics
-
-
-def is_comm_error(err: BaseException) -> bool:
-    return isinstance(err, getattr(torch.distributed, "DistError", ())) or any(
-        s in str(err) for s in ("gloo", "NCCL", "Connection closed", "Connection reset", "timed out"))
-
-
-def is_worker_error(err: BaseException) -> bool:
-    """A DataLoader worker re-raised an exception it could not rebuild (e.g. ``FrameError``)."""
-    return isinstance(err, RuntimeError) and "in DataLoader worker process" in str(err)
-
-
-def worker_error_message(err: BaseException) -> str:
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else str(err)
-
-
 def main(argv: list[str] | None = None) -> dict | None:
     """Entry point; returns the final metrics dict (single process / rank 0) for in-process use."""
-    args = parse_args(argv)
-    if args.multiprocessing_distributed and runtime.launched_world_size() is None:
-        nproc = runtime.num_spawn(args.device, args.nproc)
-        if nproc > 1:
-            try:
-                runtime.spawn_workers(main_worker, nproc, args)
-            except runtime.WorkerError as err:
-                raise SystemExit(f"train.py: error: {err}") from None
-            metrics_path = Path(args.output_dir) / "metrics.json"
-            return json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-        warn("--multiprocessing-distributed with one device: running a single process "
-             "(pass --nproc N for N CPU processes)")
-    elif args.multiprocessing_distributed:
-        warn("--multiprocessing-distributed ignored: the processes were started by a launcher (torchrun)")
-    return main_worker(int(os.environ.get("LOCAL_RANK", 0)), args)
+    return cli.launch(PROG, run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ METHOD §1 (downstream sampling) and §5 (test protocol).
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import torch
@@ -52,6 +53,16 @@ class ClipDataset(FrameFolderDataset):
         self.num_classes = num_classes if num_classes is not None else int(self.labels.max()) + 1
         self.augment = TrainAugment(img_dim)
         self.transform = EvalTransform(img_dim, ten_crop=ten_crop)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, csv_file: str, train: bool, num_classes: int | None,
+                  ten_crop: bool = False) -> ClipDataset:
+        """The dataset an evaluation script's flags describe (``--seq --img_dim --ds
+        --num_clips --data_root --strict``): ``train=True`` one augmented clip per video, else
+        ``--num_clips`` clips x (centre | ten) crops (METHOD §1 "Downstream sampling", §5)."""
+        return cls(csv_file, seq=args.seq, img_dim=args.img_dim, train=train, ds=args.ds,
+                   num_clips=args.num_clips, ten_crop=ten_crop, data_root=args.data_root,
+                   num_classes=num_classes, strict=args.strict)
 
     def _sample(self, index: int) -> tuple[torch.Tensor, int]:
         folder, num_frames, label = self.paths[index], self.num_frames[index], int(self.labels[index])

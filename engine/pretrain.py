@@ -1,87 +1,28 @@
-"""The pretraining epoch: data loading with reproducible per-epoch seeds, the optimisation step
-(METHOD.md §2 "prototype rows renormalised / gradients dropped in epoch 0", §4 Adam + step
-decay), non-finite-loss skipping, per-step and per-epoch statistics, and the checkpoint state.
+"""The pretraining epoch: the optimisation step (METHOD §2 "prototype rows renormalised /
+gradients dropped in epoch 0", §4 Adam + step decay), non-finite-loss skipping, per-step and
+per-epoch statistics, and the run's ``metrics.json``.
 
-train.py wires these together; everything here works the same in one process and under DDP.
+train.py wires these together with the loader (``engine/loader.py``) and the checkpoints
+(``engine/checkpointing.py``); everything here works the same in one process and under DDP.
 """
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
-from datasets.base import SkipCounting
 from datasets.transforms import color_augment_batch
-from engine.amp import autocast
-from engine.checkpoint import (
-    CHECKPOINT_VERSION, CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
-)
-from engine.distributed import all_reduce_sum_
-from engine.logging import RunLogger, progress
-from engine.runtime import DistInfo, derive_seed, seed_worker, unwrap
-from losses.prototypes import freeze_prototypes_grad
+from utils.amp import autocast
+from utils.distributed import all_reduce_sum_
+from utils.logging import RunLogger, progress
+from utils.runtime import DistInfo, unwrap
 
 
 class TrainingDiverged(RuntimeError):
     """Too many non-finite steps in a row; the message points at the last good checkpoint."""
-
-
-class DataTooSmall(ValueError):
-    """The dataset cannot fill a single global batch."""
-
-
-# --------------------------------------------------------------------------------------- data
-def build_loader(dataset: Dataset, info: DistInfo, batch_size: int, workers: int, seed: int) -> DataLoader:
-    """A DataLoader over ``dataset`` with a :class:`DistributedSampler` (also for one process:
-    ``num_replicas=1``), ``drop_last`` everywhere, per-worker seeds and its own generator.
-
-    Batches are ``(clips, skipped)`` (see :class:`datasets.base.SkipCounting`). Call
-    :func:`start_epoch` before iterating it each epoch. Workers are not persistent, so the worker
-    seeds come from the generator re-seeded each epoch: the data of epoch ``e`` depends only on
-    ``(seed, rank, e)`` — what makes an interrupted and resumed run match a straight one.
-    """
-    dataset = SkipCounting(dataset)
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
-                                 shuffle=True, seed=seed, drop_last=True)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=info.device.type == "cuda",
-        drop_last=True,
-        worker_init_fn=seed_worker,
-        generator=torch.Generator(),
-        persistent_workers=False,
-    )
-    if len(loader) == 0:
-        n = len(dataset)
-        raise DataTooSmall(
-            f"the dataset has {n} usable videos, fewer than one global batch of "
-            f"{batch_size} x {info.world_size} rank(s) = {batch_size * info.world_size}; lower "
-            "--train_batch or add videos to the CSV"
-        )
-    return loader
-
-
-def start_epoch(loader: DataLoader, seed: int, rank: int, epoch: int) -> None:
-    """Make epoch ``epoch``'s data a function of ``(seed, rank, epoch)`` only.
-
-    Sets the sampler's epoch (shuffle order, same on every rank), re-seeds the loader generator
-    (worker seeds) and this process's global RNGs (augmentations drawn in the main process when
-    ``--workers 0``).
-    """
-    loader.sampler.set_epoch(epoch)
-    loader.generator.manual_seed(derive_seed(seed, rank, epoch, 0))
-    s = derive_seed(seed, rank, epoch, 1)
-    torch.manual_seed(s)
-    np.random.seed(s % 2**32)
-    random.seed(s)
 
 
 # ---------------------------------------------------------------------------------- the step
@@ -159,6 +100,7 @@ def train_one_epoch(
     log_every: int = 50,
     num_clips: int = 3,
     color_on_device: bool = False,
+    show_progress: bool = True,
 ) -> EpochResult:
     """One pass over ``loader`` (METHOD §2–§4).
 
@@ -171,6 +113,7 @@ def train_one_epoch(
     ``color_on_device`` (``--gpu_augment``): the loader yields uint8 clips and their colour draws
     (``PretrainDataset(color_on_device=True)``); the METHOD §1 colour part then runs here on the
     whole batch, on ``info.device``, as it moves there (:func:`color_augment_batch`).
+    ``show_progress``: a progress bar on the main process.
     """
     raw = unwrap(model)
     device = info.device
@@ -185,15 +128,14 @@ def train_one_epoch(
     good_steps = 0
     skipped = 0
     bad_steps = 0
-    cluster = raw.prototypes.weight.shape[0]
-    label_counts = torch.zeros(cluster, dtype=torch.long, device=device)
+    label_counts = torch.zeros(raw.num_prototypes, dtype=torch.long, device=device)
     batch_videos = loader.batch_size * info.world_size
 
     data_wait = 0.0
     win_wait, win_time, win_steps = 0.0, 0.0, 0
     t_epoch = time.perf_counter()
     t_prev = t_epoch
-    bar = progress(range(steps_total), enabled=info.is_main, desc=f"epoch {epoch}", leave=False)
+    bar = progress(range(steps_total), enabled=info.is_main and show_progress, desc=f"epoch {epoch}", leave=False)
     iterator = iter(loader)
     for _ in bar:
         clips, skipped_now = next(iterator)
@@ -223,7 +165,7 @@ def train_one_epoch(
             loss = loss + 0.0 * sum(t.sum() for t in out.tensors())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        freeze_prototypes_grad(raw.prototypes, epoch)
+        raw.drop_prototype_grads(epoch)
         if scaler.is_enabled():
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
@@ -296,100 +238,6 @@ def train_one_epoch(
     res.clips_per_s = res.videos_per_s * num_clips
     res.data_wait_frac = data_wait / seconds if seconds > 0 else 0.0
     return res
-
-
-# ---------------------------------------------------------------------------------- state
-def objective_state(objective: torch.nn.Module) -> dict[str, Any]:
-    """The objective's state for a checkpoint: ``{"queue": {"scores": (n, size, K), "filled"},
-    "buffers": {...}}`` (the score queue is the same on every rank, so rank 0's is the run's)."""
-    state: dict[str, Any] = {}
-    queue = getattr(objective, "queue", None)
-    if queue is not None:
-        state["queue"] = {k: v.detach().cpu().clone() for k, v in queue.state_dict().items()}
-    state["buffers"] = {k: v.detach().cpu() for k, v in objective.state_dict().items()
-                        if not (queue is not None and k.startswith("queue."))}
-    return state
-
-
-def _queue_from_shards(queue: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A queue saved by an earlier version as per-rank shards ``(world, n, shard, K)`` → the
-    ``(n, rows, K)`` queue of all their filled rows (Sinkhorn does not depend on the row order)."""
-    scores, filled = queue["scores"], int(queue["filled"])
-    world, n, shard, k = scores.shape
-    rows = scores[:, :, shard - filled:].permute(1, 0, 2, 3).reshape(n, world * filled, k)
-    return {"scores": rows, "filled": torch.tensor(world * filled)}
-
-
-def load_objective_state(objective: torch.nn.Module, state: dict[str, Any]) -> None:
-    """Inverse of :func:`objective_state`, on every rank (any number of ranks)."""
-    if state.get("buffers"):
-        objective.load_state_dict(state["buffers"], strict=False)
-    if "queue" in state and hasattr(objective, "queue"):
-        queue = state["queue"]
-        objective.queue.load_state_dict(_queue_from_shards(queue) if queue["scores"].dim() == 4 else queue)
-
-
-def checkpoint_state(
-    *, model: torch.nn.Module, objective_snapshot: dict[str, Any], optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler, next_epoch: int, step: int, args: dict[str, Any],
-) -> dict[str, Any]:
-    """The checkpoint dict (see ``engine/checkpoint.py``); ``rng`` is this process's (rank 0's)."""
-    raw = unwrap(model)
-    return {
-        "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
-        "model_config": dict(getattr(raw, "config", {})),
-        "objective": objective_snapshot,
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": int(next_epoch),
-        "step": int(step),
-        "args": args,
-        "rng": capture_rng_state(),
-        "version": CHECKPOINT_VERSION,
-    }
-
-
-def resume(
-    path: str, *, model: torch.nn.Module, objective: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler, sample: int, weight_decay: float, restore_rng: bool,
-) -> tuple[int, int]:
-    """Load checkpoint ``path`` into the (unwrapped) model, objective, optimizer and scaler on
-    every rank; returns ``(next_epoch, step)``.
-
-    Refuses (``CheckpointError`` naming the file) a checkpoint of another model configuration or
-    clip layout. The current ``--wd`` wins over the saved one; the lr is set by the schedule each
-    epoch. ``restore_rng``: rank 0 takes back its saved RNG state; every rank re-seeds its RNGs from
-    ``(seed, rank, epoch)`` at each epoch start anyway (:func:`start_epoch`), so the other ranks
-    need no saved state to continue exactly.
-    """
-    ckpt = load_checkpoint(path, map_location="cpu")
-    for key in ("model", "optimizer", "epoch", "step"):
-        if key not in ckpt:
-            raise CheckpointError(f"checkpoint {path} has no {key!r} entry: not a train.py checkpoint")
-    saved = ckpt.get("model_config") or {}
-    current = dict(getattr(model, "config", {}))
-    diff = {k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v}
-    saved_sample = (ckpt.get("args") or {}).get("sample")
-    if saved_sample is not None and saved_sample != sample:
-        diff["sample"] = (saved_sample, sample)
-    if diff:
-        lines = ", ".join(f"{k}: checkpoint {a!r} vs flags {b!r}" for k, (a, b) in diff.items())
-        raise CheckpointError(f"checkpoint {path} does not match the flags ({lines}); use the run's "
-                              "flags (see its args.json) or another --output_dir")
-    try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: {e}") from e
-    for group in optimizer.param_groups:
-        group["weight_decay"] = weight_decay
-    if ckpt.get("scaler") and scaler.is_enabled():
-        scaler.load_state_dict(ckpt["scaler"])
-    if ckpt.get("objective"):
-        load_objective_state(objective, ckpt["objective"])
-    if restore_rng and ckpt.get("rng"):
-        restore_rng_state(ckpt["rng"])
-    return int(ckpt["epoch"]), int(ckpt["step"])
 
 
 def final_metrics(result: EpochResult, history: list[dict], **extra: Any) -> dict[str, Any]:

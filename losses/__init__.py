@@ -5,7 +5,6 @@ from losses.graph import graph_loss, graph_target
 from losses.objective import LossWeights, MultiLevelObjective, ObjectiveResult, add_loss_args
 from losses.prototypes import (
     ScoreQueue,
-    freeze_prototypes_grad,
     pseudo_labels,
     sinkhorn,
     swapped_prediction,
@@ -17,7 +16,6 @@ __all__ = [
     "ObjectiveResult",
     "ScoreQueue",
     "add_loss_args",
-    "freeze_prototypes_grad",
     "graph_loss",
     "graph_target",
     "instance_contrast",

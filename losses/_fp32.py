@@ -2,7 +2,7 @@
 
 The similarity matmuls, ``logsumexp`` / ``log_softmax`` and the Sinkhorn iterations run in
 float32 even when the caller is inside ``torch.autocast`` (bf16/fp16 logits divided by
-``τ = 0.07`` lose too many bits). Every public loss enters ``engine.amp.fp32_region`` and
+``τ = 0.07`` lose too many bits). Every public loss enters ``utils.amp.fp32_region`` and
 converts its inputs with :func:`normalized32`.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.amp import fp32_region
+from utils.amp import fp32_region
 
 
 def pool_local_sequence(fine_local: Tensor) -> Tensor:

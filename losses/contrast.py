@@ -7,7 +7,7 @@ Both are a multi-positive InfoNCE
 written as ``logsumexp(pos ∪ neg) - logsumexp(pos)`` in float32: entries outside ``pos ∪ neg``
 (the query itself) are set to ``-inf`` and the positives are gathered from the same logit matrix,
 so no ``(Q, K)`` masks are materialised. Queries are this rank's local clips; keys are gathered
-from every rank with :func:`engine.distributed.all_gather_with_grad`, so the mean over ranks of
+from every rank with :func:`utils.distributed.all_gather_with_grad`, so the mean over ranks of
 the per-rank losses is the single-process loss on the global batch, with the same gradient after
 DDP averaging.
 """
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from engine.amp import fp32_region
-from engine.distributed import all_gather_no_grad, all_gather_with_grad, local_rows
+from utils.amp import fp32_region
+from utils.distributed import all_gather_no_grad, all_gather_with_grad, local_rows
 from losses._fp32 import normalized32
 
 

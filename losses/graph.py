@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.amp import fp32_region
-from engine.distributed import all_gather_with_grad
+from utils.amp import fp32_region
+from utils.distributed import all_gather_with_grad
 from losses._fp32 import normalized32
 
 
@@ -25,7 +25,7 @@ def graph_target(
         labels_local: ``(b,)`` pseudo-labels of this rank's videos.
         labels_global: ``(B,)`` pseudo-labels of the global batch.
         thres: entries of ``G_ins`` below it are zeroed, except the diagonal.
-        row_offset: global index of local row 0 (``engine.distributed.local_rows(b).start``);
+        row_offset: global index of local row 0 (``utils.distributed.local_rows(b).start``);
             the diagonal of local row ``i`` is global column ``row_offset + i``.
 
     ``G = (G_ins ⊙ [G_ins >= thres or diagonal]) ⊙ G_sem`` with ``G_sem[i, j] = 1`` iff the

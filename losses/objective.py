@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from engine.amp import fp32_region
-from engine.distributed import all_gather_no_grad, local_rows
+from utils.amp import fp32_region
+from utils.distributed import all_gather_no_grad, local_rows
 from losses.alignment import local_global_alignment
 from losses.contrast import instance_contrast, instance_graph, motion_contrast
 from losses.graph import graph_loss, graph_target
@@ -166,6 +167,30 @@ class MultiLevelObjective(nn.Module):
             proto_temperature=getattr(args, "proto_temperature", 0.1),
             num_clips=getattr(args, "sample", 2),
         )
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The objective's part of a checkpoint: ``{"queue": {"scores": (n, size, K), "filled"},
+        "buffers": {...}}`` on CPU. The score queue is the same on every rank (METHOD §3.4), so
+        rank 0's is the run's."""
+        own = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        return {"queue": {k: v.clone() for k, v in self.queue.state_dict().items()},
+                "buffers": {k: v for k, v in own.items() if not k.startswith("queue.")}}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`checkpoint_state`, on every rank (any number of ranks). A queue
+        saved as per-rank shards ``(world, n, shard, K)`` (checkpoint format version 1) becomes
+        one queue of all their filled rows (Sinkhorn does not depend on the row order)."""
+        if state.get("buffers"):
+            self.load_state_dict(state["buffers"], strict=False)
+        queue = state.get("queue")
+        if queue is None:
+            return
+        if queue["scores"].dim() == 4:
+            scores, filled = queue["scores"], int(queue["filled"])
+            world, n, shard, k = scores.shape
+            rows = scores[:, :, shard - filled:].permute(1, 0, 2, 3).reshape(n, world * filled, k)
+            queue = {"scores": rows, "filled": torch.tensor(world * filled)}
+        self.queue.load_state_dict(queue)
 
     def needs_graph(self, epoch: int) -> bool:
         """Whether ``forward`` at ``epoch`` needs ``out.graph`` (epoch >= split and the graph

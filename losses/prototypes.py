@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.amp import fp32_region
-from engine.distributed import (
+from utils.amp import fp32_region
+from utils.distributed import (
     all_gather_no_grad,
     all_reduce_max_,
     all_reduce_sum_,
@@ -242,15 +242,3 @@ def swapped_prediction(scores: Tensor, codes: Tensor, temperature: float = 0.1) 
 def pseudo_labels(codes: Tensor) -> Tensor:
     """Pseudo-label of each video, ``argmax_k Σ_clips q`` (METHOD §3.4): ``(b, n, K)`` → ``(b,)``."""
     return codes.sum(dim=1).argmax(dim=-1)
-
-
-def freeze_prototypes_grad(prototypes: nn.Module, epoch: int) -> None:
-    """Drop the prototypes' gradients during epoch 0 (METHOD §2, "Global head").
-
-    Call after ``backward()`` (and after ``scaler.unscale_`` if any) and before
-    ``optimizer.step()``: in epoch 0 every parameter of ``prototypes`` gets ``grad = None``, so
-    Adam skips it entirely (no update, no weight decay), as in the reference.
-    """
-    if epoch == 0:
-        for p in prototypes.parameters():
-            p.grad = None

@@ -4,9 +4,11 @@ classifier of the evaluation protocol (METHOD §5)."""
 from models.backbone import Backbone
 from models.classifier import ClassifierHead, VideoClassifier, pool_high
 from models.loading import (
+    RANDOM_INIT_BANNER,
     BackboneLoadError,
     backbone_state_dict,
     build_backbone_from_checkpoint,
+    build_eval_backbone,
     load_pretrained_backbone,
 )
 from models.multilevel import MultiLevelModel, build_model
@@ -15,6 +17,7 @@ from models.registry import NETS, build_backbone
 
 __all__ = [
     "LEVELS",
+    "RANDOM_INIT_BANNER",
     "NETS",
     "Backbone",
     "BackboneLoadError",
@@ -25,6 +28,7 @@ __all__ = [
     "backbone_state_dict",
     "build_backbone",
     "build_backbone_from_checkpoint",
+    "build_eval_backbone",
     "build_model",
     "load_pretrained_backbone",
     "pool_high",

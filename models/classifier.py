@@ -2,7 +2,8 @@
 backbone -> (L2 norm) -> (BatchNorm1d) -> (dropout) -> linear layer, with the backbone frozen
 (linear probe) or trained (fine-tuning).
 
-The loops, probe-hygiene checks and scoring that use it live in ``engine/evaluate.py``.
+The loops, probe-hygiene checks and scoring that use it live in ``engine/`` (``supervised.py``,
+``probe.py``, ``metrics.py``).
 """
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ A checkpoint is a dict whose ``"model"`` entry is the full :class:`MultiLevelMod
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +17,7 @@ from torch import Tensor, nn
 
 from models.backbone import Backbone
 from models.registry import build_backbone
+from utils.checkpoint import CheckpointError, load_checkpoint
 
 BACKBONE_PREFIX = "backbone."
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -56,12 +56,9 @@ def _read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        return load_checkpoint(path)  # the versioned weights-only reader of every checkpoint
+    except CheckpointError as err:
         raise BackboneLoadError(f"{path}: not a readable weights-only checkpoint ({err})") from err
-    if not isinstance(obj, Mapping):
-        raise BackboneLoadError(f"{path}: expected a dict, got {type(obj).__name__}")
-    return obj
 
 
 def _state_from_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -130,3 +127,41 @@ def build_backbone_from_checkpoint(path: str | os.PathLike[str]) -> tuple[Backbo
     backbone = build_backbone(config["net"], config.get("width", 1.0))
     _load_into(backbone, obj, path)
     return backbone, dict(config)
+
+
+RANDOM_INIT_BANNER = (
+    "!" * 78 + "\n"
+    "!! NO --pretrained CHECKPOINT: the backbone is RANDOMLY INITIALISED.\n"
+    "!! These numbers are the random-init baseline, not a pretrained model's.\n"
+    + "!" * 78
+)
+
+
+def build_eval_backbone(pretrained: str | None, net: str | None = None,
+                        width: float | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The backbone an evaluation evaluates (METHOD §5) and a description of it (``net``,
+    ``width``, ``init``, ``pretrained``).
+
+    - ``pretrained`` and no ``net``: built from the checkpoint's ``model_config`` and loaded
+      (:func:`build_backbone_from_checkpoint`);
+    - ``pretrained`` and ``net``: ``build_backbone(net, width)`` then the checkpoint's backbone
+      weights (a plain state dict needs this; a mismatch raises naming the keys);
+    - no ``pretrained``: ``build_backbone(net or "r3d_18", width or 1.0)``, random init
+      (``init = "random"``; print :data:`RANDOM_INIT_BANNER`).
+
+    The backbone comes in ``channels_last_3d``, as in ``train.py`` (faster convolutions).
+    """
+    if pretrained is None:
+        net, width = net or "r3d_18", 1.0 if width is None else width
+        backbone = build_backbone(net, width)
+        described = {"net": net, "width": width, "init": "random", "pretrained": None}
+    else:
+        if net is None:
+            backbone, config = build_backbone_from_checkpoint(pretrained)
+            net, width = config["net"], config.get("width", 1.0)
+        else:
+            width = 1.0 if width is None else width
+            backbone = build_backbone(net, width)
+            load_pretrained_backbone(backbone, pretrained)
+        described = {"net": net, "width": width, "init": "pretrained", "pretrained": str(pretrained)}
+    return backbone.to(memory_format=torch.channels_last_3d), described

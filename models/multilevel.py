@@ -8,13 +8,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.amp import fp32_region
+from utils.amp import fp32_region
 from models.heads import GlobalHead, MLPHead
 from models.motion_excitation import MotionExcitation
 from models.output import LEVELS, MultiLevelOutput
 from models.registry import build_backbone
 
 MOTION_LEVELS = ("low", "mid")
+
+
+def freeze_prototypes_grad(prototypes: nn.Module, epoch: int) -> None:
+    """Drop the prototypes' gradients during epoch 0 (METHOD §2, "Global head").
+
+    Call after ``backward()`` (and after ``scaler.unscale_`` if any) and before
+    ``optimizer.step()``: in epoch 0 every parameter of ``prototypes`` gets ``grad = None``, so
+    Adam skips it entirely (no update, no weight decay), as in the reference.
+    """
+    if epoch == 0:
+        for p in prototypes.parameters():
+            p.grad = None
 
 
 class MultiLevelModel(nn.Module):
@@ -81,6 +93,16 @@ class MultiLevelModel(nn.Module):
         """L2-normalise the prototype rows in place (METHOD §2; call before every step)."""
         w = self.prototypes.weight
         w.copy_(F.normalize(w, dim=1))
+
+    def drop_prototype_grads(self, epoch: int) -> None:
+        """Drop the prototypes' gradients in epoch 0 (METHOD §2): call after ``backward()`` and
+        before ``optimizer.step()`` (:func:`freeze_prototypes_grad`)."""
+        freeze_prototypes_grad(self.prototypes, epoch)
+
+    @property
+    def num_prototypes(self) -> int:
+        """``K``, the number of prototypes (``--cluster``)."""
+        return self.prototypes.weight.shape[0]
 
     def _sequences(
         self, level: str, feature: Tensor, b: int, n: int

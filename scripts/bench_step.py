@@ -58,8 +58,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.amp import autocast, make_scaler  # noqa: E402
-from engine.runtime import resolve_device  # noqa: E402
+from utils.amp import autocast, make_scaler  # noqa: E402
+from utils.runtime import resolve_device  # noqa: E402
 from losses import LossWeights, MultiLevelObjective  # noqa: E402
 from models import NETS, build_model  # noqa: E402
 from models.output import MultiLevelOutput  # noqa: E402

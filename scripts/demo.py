@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from engine.logging import write_json  # noqa: E402
+from utils.logging import write_json  # noqa: E402
 
 
 @dataclass
@@ -106,7 +106,7 @@ VARIANTS: dict[str, list[str]] = {
 CONTINUES_AT_SPLIT: dict[str, str] = {"no_graph": "full"}
 
 STAGE_RECORD = "demo_stage.json"  # the command, input files and code a stage folder was made by
-CODE_DIRS = ("datasets", "engine", "losses", "models", "visualization")  # + the top-level scripts
+CODE_DIRS = ("datasets", "engine", "losses", "models", "utils", "visualization")  # + the top-level scripts
 
 
 def file_digest(path: Path) -> str:

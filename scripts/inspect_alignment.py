@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import PretrainDataset  # noqa: E402
-from engine.checkpoint import load_checkpoint  # noqa: E402
+from engine.loader import make_loader  # noqa: E402
+from utils.checkpoint import load_checkpoint  # noqa: E402
 from losses.alignment import alignment_logits, alignment_loss  # noqa: E402
 from models import MultiLevelModel  # noqa: E402
 from models.output import LEVELS  # noqa: E402
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     losses = {lv: 0.0 for lv in LEVELS}
     count = 0
     with torch.no_grad():
-        for clips in DataLoader(subset, batch_size=args.batch, num_workers=args.workers):
+        for clips, _ in make_loader(subset, args.batch, workers=args.workers, device=device):
             out = model(clips.to(device))
             b = clips.shape[0]
             for lv in LEVELS:

@@ -19,7 +19,7 @@ import torch
 import train
 from datasets import transforms
 from datasets.transforms import color_augment_batch, draw_color_params
-from engine.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint
 from losses import LossWeights, MultiLevelObjective
 from models import build_model
 from models.output import LEVELS, MultiLevelOutput

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine import checkpoint as ck
-from engine.amp import autocast, make_scaler, resolve_amp
-from engine.logging import RunLogger, prepare_output_dir, progress, write_json
-from engine.runtime import DistInfo, derive_seed, init_distributed, resolve_device, seed_everything, unwrap, wrap_ddp
-from engine.schedule import set_lr, step_decay_lr
+from utils import checkpoint as ck
+from utils.amp import autocast, make_scaler, resolve_amp
+from utils.logging import RunLogger, prepare_output_dir, progress, write_json
+from utils.runtime import DistInfo, derive_seed, init_distributed, resolve_device, seed_everything, unwrap, wrap_ddp
+from utils.optim import set_lr, step_decay_lr
 
 
 # ----------------------------------------------------------------------------------- schedule

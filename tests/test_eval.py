@@ -8,23 +8,25 @@ import pytest
 import torch
 from torch import nn
 
-from engine.evaluate import (
-    assert_state_unchanged,
-    build_optimizer,
+from engine.features import interleave_shards
+from engine.metrics import (
     center_normalize,
-    check_only_head_trains,
     classification_metrics,
     clip_top1,
-    interleave_shards,
     knn_scores,
-    predict_features,
     retrieval_recall,
-    state_snapshot,
     topk_accuracy,
-    train_linear_probe,
     video_scores,
 )
+from engine.probe import (
+    assert_state_unchanged,
+    check_only_head_trains,
+    predict_features,
+    state_snapshot,
+    train_linear_probe,
+)
 from models.classifier import ClassifierHead, VideoClassifier
+from utils.optim import apply_step_schedule, build_optimizer
 
 
 def test_video_scores_equal_hand_computed_softmax_average() -> None:
@@ -166,7 +168,7 @@ def test_interleave_shards_restores_dataset_order() -> None:
     rows = math.ceil(7 / world)
     shards = []
     for r in range(world):
-        mine = items[r::world]  # what rank r evaluates (engine.evaluate.shard_indices)
+        mine = items[r::world]  # what rank r evaluates (engine.features.shard_indices)
         shards.append(torch.cat([mine, mine.new_zeros(rows - len(mine), 2)]))
     assert torch.equal(interleave_shards(torch.stack(shards), 7), items)
 
@@ -205,8 +207,6 @@ def test_hygiene_checks_catch_a_leaking_optimizer_and_moving_bn() -> None:
 
 
 def test_build_optimizer_keeps_lr_scale_through_schedule() -> None:
-    from engine.evaluate import apply_step_schedule
-
     a, b = nn.Linear(2, 2), nn.Linear(2, 2)
     opt = build_optimizer([{"params": a.parameters(), "lr_scale": 0.1}, {"params": b.parameters()}],
                           "adam", 1e-3, 1e-3)

@@ -12,8 +12,10 @@ from torch.utils.data import TensorDataset
 import eval_linear
 import finetune
 from datasets.synthetic import make_synthetic
-from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.evaluate import assert_state_unchanged, build_optimizer, make_loader, state_snapshot
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from engine.loader import make_loader
+from engine.probe import assert_state_unchanged, state_snapshot, train_probe_end_to_end
+from utils.optim import build_optimizer
 from models import ClassifierHead, VideoClassifier, build_backbone, build_model
 
 TINY = ["--seq", "8", "--img_dim", "32", "--num_clips", "2", "--batch_size", "4",
@@ -88,12 +90,12 @@ def test_end_to_end_probe_leaves_bn_backbone_bit_identical() -> None:
     head = ClassifierHead(backbone.out_channels["high"], 3, final_bn=True, normalize=True)
     model = VideoClassifier(backbone, head, frozen=True)
     clips = torch.randn(8, 3, 8, 32, 32) * 2 + 1  # far from BN's initial statistics
-    loader = make_loader(TensorDataset(clips, torch.randint(0, 3, (8,))), 4, 0, torch.device("cpu"),
-                         train=True)
+    loader = make_loader(TensorDataset(clips, torch.randint(0, 3, (8,))), 4, workers=0,
+                         device=torch.device("cpu"), order="epoch")
     snapshot = state_snapshot(backbone)
     fc_before = head.fc.weight.detach().clone()
     optimizer = build_optimizer([{"params": head.parameters()}], "adam", 1e-2, 0.0)
-    eval_linear.train_probe_end_to_end(model, loader, optimizer, epochs=2, lr=1e-2, schedule=[1],
+    train_probe_end_to_end(model, loader, optimizer, epochs=2, lr=1e-2, schedule=[1],
                                        device=torch.device("cpu"))
     assert_state_unchanged(backbone, snapshot)  # bit for bit, BN running statistics included
     assert not torch.equal(head.fc.weight, fc_before)  # ... while the head did learn
@@ -101,7 +103,7 @@ def test_end_to_end_probe_leaves_bn_backbone_bit_identical() -> None:
 
     leaky = build_optimizer([{"params": model.parameters()}], "adam", 1e-2, 0.0)
     with pytest.raises(RuntimeError, match="only the head"):
-        eval_linear.train_probe_end_to_end(model, loader, leaky, epochs=1, lr=1e-2, schedule=[],
+        train_probe_end_to_end(model, loader, leaky, epochs=1, lr=1e-2, schedule=[],
                                            device=torch.device("cpu"))
     # control: the same forward pass with the backbone in train mode would move BN statistics
     backbone.train()

@@ -19,7 +19,6 @@ from losses import (
     MultiLevelObjective,
     ScoreQueue,
     add_loss_args,
-    freeze_prototypes_grad,
     graph_loss,
     graph_target,
     instance_contrast,
@@ -31,6 +30,7 @@ from losses import (
     sinkhorn,
     swapped_prediction,
 )
+from models.multilevel import freeze_prototypes_grad
 from models.output import LEVELS, MultiLevelOutput
 
 TAU = 0.07
@@ -393,12 +393,10 @@ def test_score_queue_fifo() -> None:
 def test_queue_of_an_earlier_checkpoint_format_is_restored() -> None:
     """Earlier checkpoints saved per-rank shards (world, n, shard, K): all their filled rows
     become the queue (Sinkhorn does not depend on the row order)."""
-    from engine.pretrain import load_objective_state
-
     shard = torch.arange(2 * 4, dtype=torch.float32).view(1, 2, 4, 1).expand(2, 2, 4, 3).clone()
     shard[1] += 1000                                           # rank 1's rows
     obj = MultiLevelObjective(cluster=3, queue_size=8)
-    load_objective_state(obj, {"queue": {"scores": shard, "filled": torch.tensor(3)}})
+    obj.load_checkpoint_state({"queue": {"scores": shard, "filled": torch.tensor(3)}})
     assert obj.queue.num_filled == 6
     assert sorted(obj.queue.rows()[0, :, 0].tolist()) == [1, 2, 3, 1001, 1002, 1003]
 

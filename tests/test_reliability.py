@@ -23,7 +23,7 @@ import train
 from datasets.base import SkipCounting
 from datasets.downstream import ClipDataset
 from datasets.frames import frame_path
-from engine.runtime import free_port
+from utils.runtime import free_port
 from losses.objective import MultiLevelObjective
 from pretrain_helpers import make_videos, tiny_argv
 from visualization import main_temporal

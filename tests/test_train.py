@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train
-from engine.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint
 from pretrain_helpers import make_videos
 from pretrain_helpers import tiny_argv as shared_tiny_argv
 

@@ -15,7 +15,8 @@ from torchvision.io import encode_jpeg
 from datasets.frames import frame_path
 from models import build_backbone, pool_high
 from visualization.cam import class_activation_maps, order_pairs, upsample_cam
-from visualization.main_temporal import OrderClipDataset, build_parser, main
+from datasets.temporal_order import OrderClipDataset
+from visualization.main_temporal import build_parser, main
 
 FRAMES, SIZE, SEQ = 12, 32, 8
 FADE = 0.25  # brightness of the first frame of a video (the last is 1)

@@ -6,12 +6,16 @@ copy (class 1). Because the head is linear and has no bias, applying it at every
 feature map gives maps whose mean over (t, h, w) is exactly the head's logits on the pooled
 feature: the map says how much each place and time step votes for "normal" or "reversed".
 
-Nothing here touches files except the two writers at the end (PNG strip, animated GIF); colours
-come from a matplotlib colour map, images are written with Pillow.
+Pure functions up to the two writers (PNG strip, animated GIF) and :func:`draw_heat_maps`,
+which draws chosen videos with them; colours come from a matplotlib colour map, images are
+written with Pillow.
 """
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import matplotlib
@@ -19,28 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
-# The probe's two classes (METHOD §5): a clip in its recorded order, and its time-reversed copy.
-NORMAL, REVERSED = 0, 1
+from datasets.temporal_order import NORMAL, REVERSED, OrderClipDataset, order_pairs
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from utils.amp import autocast
 
-
-def order_pairs(clips: Tensor) -> tuple[Tensor, Tensor]:
-    """Stack clips ``(N, 3, T, H, W)`` with their time-reversed copies (METHOD §5 probe input).
-
-    Returns ``(inputs (2N, 3, T, H, W), targets (2N,))``: the N normal clips first (class 0), then
-    the same N clips flipped on the time axis (class 1), so every batch holds both orders of
-    every clip.
-    """
-    if clips.dim() != 5:
-        raise ValueError(f"expected clips of shape (N, 3, T, H, W), got {tuple(clips.shape)}")
-    n = clips.shape[0]
-    inputs = torch.cat([clips, clips.flip(2)], dim=0)
-    targets = torch.cat([
-        torch.full((n,), NORMAL, dtype=torch.long, device=clips.device),
-        torch.full((n,), REVERSED, dtype=torch.long, device=clips.device),
-    ])
-    return inputs, targets
+__all__ = ["NORMAL", "REVERSED", "class_activation_maps", "denormalize", "draw_heat_maps", "normalize_cam",
+           "order_pairs", "overlay", "save_gif", "save_strip", "upsample_cam"]
 
 
 def class_activation_maps(features: Tensor, weight: Tensor) -> Tensor:
@@ -158,3 +148,45 @@ def save_gif(path: str | Path, frames: np.ndarray, duration_ms: int = 125, loop:
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
                    duration=int(duration_ms), loop=int(loop))
     return path
+
+
+def _safe_name(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(path))) or "video"
+
+
+@torch.no_grad()
+def draw_heat_maps(backbone: nn.Module, head: nn.Linear, dataset: OrderClipDataset,
+                   indices: Sequence[int], out_dir: Path, device: torch.device,
+                   amp_dtype: torch.dtype | None, *, alpha: float = 0.5, cmap: str = "jet",
+                   gif_ms: int = 125, batch_size: int = 32) -> list[dict[str, Any]]:
+    """CAM overlays (METHOD §5) of the middle clip of the videos ``indices`` of ``dataset``
+    (a ``num_clips=1`` test-mode :class:`OrderClipDataset`), ``batch_size`` videos per forward
+    pass: ``<index>_<video>.png`` (rows: frames / class-0 overlay of the normal clip / reversed
+    frames / class-1 overlay of the reversed clip) and ``.gif`` (the normal clip's overlay) in
+    ``out_dir``. Returns one record per video (files written, the head's probabilities)."""
+    records = []
+    chunk = max(1, batch_size)
+    for begin in range(0, len(indices), chunk):
+        batch = [dataset[i] for i in indices[begin:begin + chunk]]
+        clips = torch.stack([clip[0] for clip, _ in batch]).to(device)  # (v, 3, T, H, W)
+        v, size = clips.shape[0], clips.shape[2:]
+        inputs, _ = order_pairs(clips)
+        with autocast(device, amp_dtype):
+            features = backbone(inputs)["high"]
+        cam = class_activation_maps(features.float(), head.weight.float())  # (2v, 2, t, h, w)
+        probs = cam.mean(dim=(2, 3, 4)).softmax(dim=1)  # = softmax of the head's logits
+        # normal clips with the class-0 map, reversed copies with the class-1 map
+        chosen = torch.cat([cam[:v, NORMAL:NORMAL + 1], cam[v:, REVERSED:REVERSED + 1]])
+        heat = normalize_cam(upsample_cam(chosen, size))[:, 0].cpu().numpy()  # (2v, T, H, W)
+        for j, (_, index) in enumerate(batch):
+            normal = denormalize(inputs[j], IMAGENET_MEAN, IMAGENET_STD)
+            reverse = denormalize(inputs[v + j], IMAGENET_MEAN, IMAGENET_STD)
+            normal_overlay = overlay(normal, heat[j], alpha, cmap)
+            stem = out_dir / f"{index:04d}_{_safe_name(dataset.paths[index])}"
+            png = save_strip(stem.with_suffix(".png"), [
+                normal, normal_overlay, reverse, overlay(reverse, heat[v + j], alpha, cmap)])
+            gif = save_gif(stem.with_suffix(".gif"), normal_overlay, duration_ms=gif_ms)
+            records.append({"index": index, "video": dataset.paths[index], "png": str(png),
+                            "gif": str(gif), "p_normal_given_normal": probs[j, NORMAL].item(),
+                            "p_reversed_given_reversed": probs[v + j, REVERSED].item()})
+    return records

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint import atomic_write_bytes
+from utils.checkpoint import atomic_write_bytes
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -1,0 +1,372 @@
+"""What every entry script shares on the command line: the flag groups, one help formatter, one
+validation style, one list of user errors, and one launcher for a single process,
+``--multiprocessing-distributed`` and ``torchrun``.
+
+Each entry script builds its parser from these groups, adds its own flags to them, and keeps
+only its wiring. Two spellings work everywhere: ``--epoch`` / ``--epochs`` and ``--train_batch``
+/ ``--batch_size`` (``train.py`` keeps the reference's ``--epoch`` and ``--train_batch`` as the
+names it stores and shows first; the evaluation scripts keep ``--epochs`` and ``--batch_size``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from datasets.csv_io import CsvError
+from datasets.frames import FrameError
+from engine.loader import DataTooSmall
+from engine.pretrain import TrainingDiverged
+from models import NETS, BackboneLoadError
+from utils import runtime
+from utils.amp import AMP_CHOICES
+from utils.checkpoint import LAST_NAME, CheckpointError, find_resume
+
+
+class UsageError(ValueError):
+    """A flag value that only turns out to be wrong once the run has started (e.g. a video
+    index past the end of the CSV); reported like a parser error."""
+
+
+# Errors a user can cause (bad CSV row, missing frame, bad checkpoint, too little data): every
+# entry script reports them as one line, without a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    CsvError, FrameError, CheckpointError, BackboneLoadError, DataTooSmall, TrainingDiverged,
+    UsageError, FileNotFoundError)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and appends a flag's default once, unless its help
+    already states one or there is none (None, False, a required flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.required or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def new_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with the shared formatter; ``@file`` reads flags from a file."""
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                   formatter_class=HelpFormatter, fromfile_prefix_chars="@")
+
+
+# ----------------------------------------------------------------------------- flag groups
+def add_data_args(parser: argparse.ArgumentParser, title: str,
+                  csvs: Mapping[str, str], required: bool = True) -> argparse._ArgumentGroup:
+    """The data group: the script's CSV flags (``flag -> help``), ``--data_root``,
+    ``--workers``, ``--strict`` (METHOD §1). Returns the group for the script's own flags."""
+    group = parser.add_argument_group(title)
+    for flag, text in csvs.items():
+        group.add_argument(flag, required=required, default=None, help=text)
+    group.add_argument("--data_root", default=None,
+                       help="folder that relative CSV paths are resolved against (default: each CSV's folder)")
+    group.add_argument("--workers", type=int, default=8, help="DataLoader worker processes per process")
+    group.add_argument("--strict", action="store_true",
+                       help="stop at the first unreadable video or frame instead of replacing the video "
+                            "by another and counting it (use it for final test numbers)")
+    return group
+
+
+def add_clip_args(parser: argparse.ArgumentParser, title: str, test_clips: int | None = None,
+                  ten_crop: bool = False) -> argparse._ArgumentGroup:
+    """``--seq`` and ``--img_dim`` (METHOD §1); with ``test_clips``, also the downstream
+    sampling of METHOD §5: ``--ds``, ``--num_clips`` (that default) and, with ``ten_crop``,
+    ``--ten_crop``."""
+    group = parser.add_argument_group(title)
+    group.add_argument("--seq", type=int, default=16, help="frames per clip, T")
+    group.add_argument("--img_dim", type=int, default=112, help="side of the square input crop, in pixels")
+    if test_clips is not None:
+        group.add_argument("--ds", type=int, default=1, help="temporal stride between the frames of a clip")
+        group.add_argument("--num_clips", type=int, default=test_clips,
+                           help="test: clips spread over each video; their scores (or features) are "
+                                "averaged per video")
+    if ten_crop:
+        group.add_argument("--ten_crop", action="store_true",
+                           help="test: 10 crops (4 corners + centre, and their flips) per clip instead "
+                                "of the centre crop")
+    return group
+
+
+def add_backbone_args(parser: argparse.ArgumentParser, pretrained: bool) -> argparse._ArgumentGroup:
+    """``--net`` and ``--width`` (METHOD §2); with ``pretrained`` (the evaluation scripts) also
+    ``--pretrained``, and ``--net`` / ``--width`` only for a backbone without a model_config."""
+    group = parser.add_argument_group("backbone (METHOD §2)")
+    if not pretrained:
+        group.add_argument("--net", default="r3d_18", help=f"backbone: {', '.join(NETS)}")
+        group.add_argument("--width", type=float, default=1.0, help="channel-width multiplier of the backbone")
+        return group
+    group.add_argument("--pretrained", default=None, metavar="CKPT",
+                       help="train.py checkpoint (or plain backbone state dict) whose backbone is "
+                            "evaluated; net and width come from its model_config. Without it the "
+                            "backbone is RANDOMLY INITIALISED: the baseline every result is compared with")
+    group.add_argument("--net", default=None,
+                       help=f"backbone ({', '.join(NETS)}) when there is no --pretrained (then r3d_18), "
+                            "or to read a plain state dict without model_config")
+    group.add_argument("--width", type=float, default=None,
+                       help="channel-width multiplier with --net (1.0 when not given)")
+    return group
+
+
+def add_epochs_arg(group: argparse._ArgumentGroup, reference_name: bool, default: int, text: str) -> None:
+    """``--epoch`` and ``--epochs``, one flag: stored as ``epoch`` when ``reference_name``
+    (``train.py``, the reference's spelling), else as ``epochs``."""
+    names = ("--epoch", "--epochs") if reference_name else ("--epochs", "--epoch")
+    group.add_argument(*names, dest=names[0][2:], type=int, default=default, help=text)
+
+
+def add_batch_arg(group: argparse._ArgumentGroup, reference_name: bool, default: int, text: str) -> None:
+    """``--train_batch`` and ``--batch_size``, one flag: stored as ``train_batch`` when
+    ``reference_name`` (``train.py``), else as ``batch_size``."""
+    names = ("--train_batch", "--batch_size") if reference_name else ("--batch_size", "--train_batch")
+    group.add_argument(*names, dest=names[0][2:], type=int, default=default, help=text)
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, distributed: bool) -> argparse._ArgumentGroup:
+    """Devices and precision: ``--device``, ``--amp``, ``--seed``; with ``distributed`` also
+    ``--multiprocessing-distributed``, ``--nproc``, ``--dist_timeout``."""
+    group = parser.add_argument_group("devices and precision")
+    group.add_argument("--device", default="auto", choices=runtime.DEVICE_CHOICES,
+                       help="auto = the GPU when one is visible, else the CPU")
+    group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                       help="mixed precision: auto = bf16 on CUDA, off on CPU")
+    group.add_argument("--seed", type=int, default=0,
+                       help="one seed; per-rank, per-epoch and per-worker seeds derive from it")
+    if distributed:
+        group.add_argument("--multiprocessing-distributed", dest="multiprocessing_distributed",
+                           action="store_true",
+                           help="spawn one process per GPU of this node (or --nproc CPU processes without "
+                                "GPU); ignored under torchrun, which starts the processes itself")
+        group.add_argument("--nproc", type=int, default=None,
+                           help="processes for --multiprocessing-distributed (default: the number of GPUs, "
+                                "or 1 without GPU)")
+        group.add_argument("--dist_timeout", type=float, default=1800,
+                           help="seconds a collective may wait for the other ranks before failing")
+    return group
+
+
+def add_output_args(parser: argparse.ArgumentParser, holds: str, default_dir: str | None = None,
+                    resume: bool = False) -> argparse._ArgumentGroup:
+    """``--output_dir`` (``holds``: what goes there), ``--no_progress``; with ``resume`` also
+    ``--resume`` and ``--save_every``."""
+    group = parser.add_argument_group("outputs and resuming" if resume else "outputs")
+    group.add_argument("--output_dir", required=default_dir is None, default=default_dir,
+                       help=f"where {holds} go")
+    if resume:
+        group.add_argument("--resume", default="auto",
+                           help="auto: continue from checkpoint_last.pth in --output_dir if there is one; "
+                                "PATH: that checkpoint; none: start fresh (refused if --output_dir holds "
+                                "checkpoints)")
+        group.add_argument("--save_every", type=int, default=10,
+                           help="keep checkpoint_NNNN.pth every this many epochs and at the end; 0 = only "
+                                "at the end")
+    group.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return group
+
+
+def add_downstream_args(parser: argparse.ArgumentParser, holds: str, distributed: bool,
+                        resume: bool) -> None:
+    """The flags ``eval_linear.py`` and ``finetune.py`` share: labelled train/test CSVs and
+    ``--num_classes``, the backbone with ``--pretrained``, the clips and test protocol of
+    METHOD §5 (10 clips, centre or ten crops), the batch, devices and outputs."""
+    data = add_data_args(parser, "data (labelled CSVs: path,num_frames,label)", {
+        "--train_csv": "train split CSV (e.g. UCF101 / HMDB51 split 1 train list)",
+        "--val_csv": "test split CSV: reported accuracy; retrieval queries"})
+    data.add_argument("--num_classes", type=int, default=None,
+                      help="number of classes (default: largest label in --train_csv + 1; "
+                           "101 for UCF101, 51 for HMDB51)")
+    add_backbone_args(parser, pretrained=True)
+    clips = add_clip_args(parser, "clips and test protocol (METHOD §5)", test_clips=10, ten_crop=True)
+    add_batch_arg(clips, False, 32,
+                  "videos per DataLoader batch when training through the backbone and when extracting "
+                  "features; test batches hold max(1, batch_size // clips-per-video) videos so a forward "
+                  "pass sees about batch_size clips")
+    add_runtime_args(parser, distributed=distributed)
+    out = add_output_args(parser, holds, resume=resume)
+    out.add_argument("--eval_freq", type=int, default=10,
+                     help="evaluate on --val_csv every this many epochs while training (monitoring only; "
+                          "metrics.json reports the last epoch); 0 = only at the end")
+
+
+def check_downstream(args: argparse.Namespace) -> None:
+    """The checks of :func:`add_downstream_args` beyond :func:`check_common`."""
+    check_at_least(args, 0, "eval_freq")
+    require(args.num_classes is None or args.num_classes >= 2,
+            f"--num_classes must be >= 2, got {args.num_classes}")
+
+
+# ------------------------------------------------------------------------------ validation
+def require(condition: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``condition`` (the scripts' one validation style:
+    :func:`parse_checked` turns it into a one-line parser error)."""
+    if not condition:
+        raise ValueError(message)
+
+
+def check_at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
+    """Every flag in ``names`` that the script has is ``>= minimum``."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            require(value >= minimum, f"--{name} must be >= {minimum}, got {value}")
+
+
+def check_common(args: argparse.Namespace) -> None:
+    """The checks of the shared groups (``ValueError`` with one message): files and folders
+    exist, sizes are positive, the backbone is known, the device and precision are possible,
+    ``--resume`` names a checkpoint or a usable folder."""
+    check_at_least(args, 1, "seq", "img_dim", "ds", "num_clips", "batch_size", "train_batch")
+    check_at_least(args, 0, "workers")
+    for flag in ("csv_file", "train_csv", "val_csv", "pretrained"):
+        path = getattr(args, flag, None)
+        require(path is None or os.path.isfile(path), f"--{flag} {path}: no such file")
+    require(args.data_root is None or os.path.isdir(args.data_root),
+            f"--data_root {args.data_root}: no such folder")
+    require(args.net is None or args.net in NETS,
+            f"--net {args.net}: unknown network; choose one of {', '.join(NETS)}")
+    require(args.width is None or args.width > 0, f"--width must be > 0, got {args.width}")
+    if hasattr(args, "pretrained"):
+        require(not (args.net is None and args.width is not None),
+                "--width needs --net (with --pretrained alone, the checkpoint's model_config sets both)")
+    cuda = args.device != "cpu" and torch.cuda.is_available()
+    require(not (args.device == "cuda" and not torch.cuda.is_available()),
+            "--device cuda: no CUDA device is visible; use --device cpu or auto")
+    require(not (args.amp == "fp16" and not cuda), "--amp fp16 needs a CUDA device; use --amp bf16 or --amp off on CPU")
+    if hasattr(args, "nproc"):
+        require(args.nproc is None or args.nproc >= 1, f"--nproc must be >= 1, got {args.nproc}")
+        require(not (args.nproc and args.multiprocessing_distributed and cuda
+                     and args.nproc > torch.cuda.device_count()),
+                f"--nproc {args.nproc} > {torch.cuda.device_count()} visible GPUs: one process per GPU "
+                "(or --device cpu for CPU processes)")
+        require(args.dist_timeout > 0, f"--dist_timeout must be > 0, got {args.dist_timeout}")
+    if hasattr(args, "resume"):
+        check_at_least(args, 0, "save_every")
+        require(args.resume in ("auto", "none") or os.path.isfile(args.resume),
+                f"--resume {args.resume}: no such checkpoint file (use auto, none or a checkpoint path)")
+        found = find_resume(args.output_dir) if args.resume == "none" else None
+        require(found is None, f"--resume none but --output_dir {args.output_dir} already holds {found}: use "
+                "--resume auto to continue that run, or another --output_dir")
+
+
+def parse_checked(parser: argparse.ArgumentParser, argv: Any,
+                  check: Callable[[argparse.Namespace], None]) -> argparse.Namespace:
+    """Parse ``argv``, run :func:`check_common` then the script's ``check``; a ``ValueError``
+    from either ends the program with one parser error (exit status 2)."""
+    args = parser.parse_args(argv)
+    try:
+        check_common(args)
+        check(args)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
+
+
+def resume_path(args: argparse.Namespace) -> str | None:
+    """The checkpoint ``--resume`` points at: ``auto`` = the newest in ``--output_dir`` (or
+    None), ``none`` = None, else the path."""
+    if args.resume == "none":
+        return None
+    return find_resume(args.output_dir) if args.resume == "auto" else args.resume
+
+
+def warn(prog: str, message: str) -> None:
+    print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------- launching
+def _is_comm_error(err: BaseException) -> bool:
+    return isinstance(err, getattr(torch.distributed, "DistError", ())) or any(
+        s in str(err) for s in ("gloo", "NCCL", "Connection closed", "Connection reset", "timed out"))
+
+
+def _worker_error_message(err: BaseException) -> str | None:
+    """The last line of an exception a DataLoader worker re-raised but could not rebuild (e.g. a
+    ``FrameError``), else None."""
+    if not (isinstance(err, RuntimeError) and "in DataLoader worker process" in str(err)):
+        return None
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else str(err)
+
+
+def run_process(prog: str, run: Callable[[argparse.Namespace, runtime.DistInfo], Any],
+                args: argparse.Namespace) -> Any:
+    """One process of a run: join the process group the ``env://`` variables describe (if any),
+    call ``run(args, info)``, leave the group.
+
+    A user-caused error ends the process with one line (no traceback; a :class:`UsageError` with
+    exit status 2, like the parser's errors). Under DDP, any failure
+    prints its message tagged with the rank and leaves at once with ``os._exit(1)``: the other
+    ranks' pending collectives then fail (peer gone) or time out after ``--dist_timeout``.
+    """
+    info = runtime.init_distributed(args.device, getattr(args, "dist_timeout", 1800))
+    tag = f"[rank {info.rank}/{info.world_size}] " if info.distributed else ""
+    try:
+        result = run(args, info)
+    except Exception as err:
+        worker = _worker_error_message(err)
+        if isinstance(err, USER_ERRORS):
+            msg = f"{tag}{prog}: error: {err}"
+        elif worker is not None:
+            msg = f"{tag}{prog}: error: {worker}"
+        elif info.distributed and _is_comm_error(err):
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            where = Path(args.output_dir) / LAST_NAME
+            msg = (f"{tag}{prog}: error: a collective failed ({type(err).__name__}: {first}). Another rank "
+                   f"probably failed first: look for its message. Restart with --resume auto to continue "
+                   f"from {where}.")
+        elif not info.distributed:
+            raise  # a bug: keep the traceback
+        else:
+            traceback.print_exc()
+            msg = f"{tag}{prog}: error: {type(err).__name__}: {err}"
+        if info.distributed:
+            print(msg, file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(1)
+        if isinstance(err, UsageError):  # a flag error found late: exit status 2, like the parser's
+            print(msg, file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        raise SystemExit(msg) from None
+    runtime.cleanup_distributed()
+    return result
+
+
+def _spawned(local_rank: int, prog: str, run: Callable, args: argparse.Namespace) -> None:
+    run_process(prog, run, args)
+
+
+def launch(prog: str, run: Callable[[argparse.Namespace, runtime.DistInfo], Any],
+           args: argparse.Namespace) -> Any:
+    """Run ``run(args, info)`` in every process of the job and return rank 0's result.
+
+    - under a launcher (``torchrun``, Slurm ``srun`` with the ``env://`` variables): this process
+      is one rank (``--multiprocessing-distributed`` is then ignored, with a warning);
+    - ``--multiprocessing-distributed`` with more than one device (or ``--nproc N``): spawn one
+      process per GPU of this node (N CPU processes with gloo); the result is read back from
+      ``--output_dir/metrics.json``;
+    - else one process.
+    """
+    spawn = getattr(args, "multiprocessing_distributed", False)
+    if spawn and runtime.launched_world_size() is None:
+        nproc = runtime.num_spawn(args.device, args.nproc)
+        if nproc > 1:
+            try:
+                runtime.spawn_workers(_spawned, nproc, prog, run, args)
+            except runtime.WorkerError as err:
+                raise SystemExit(f"{prog}: error: {err}") from None
+            metrics_path = Path(args.output_dir) / "metrics.json"
+            return json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+        warn(prog, "--multiprocessing-distributed with one device: running a single process "
+                   "(pass --nproc N for N CPU processes)")
+    elif spawn:
+        warn(prog, "--multiprocessing-distributed ignored: the processes were started by a launcher (torchrun)")
+    return run_process(prog, run, args)
