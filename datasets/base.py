@@ -2,7 +2,9 @@
 
 A long run must not die on one bad JPEG (METHOD §1 data sets hold hundreds of thousands of
 videos). When a sample meets a :class:`~datasets.frames.FrameError` (missing folder, missing
-frame — e.g. a CSV frame count larger than the frames on disk — or a corrupt JPEG):
+frame — e.g. a CSV frame count larger than the frames on disk — or a corrupt JPEG; for a video
+file: missing, empty, not a video, truncated, corrupt, an unsupported codec, or fewer decodable
+frames than its row says, see :mod:`datasets.video`):
 
 * ``strict=False`` (default): the video is replaced by another one — a random other index in
   training (drawn from the torch RNG, so it stays reproducible), the next index in evaluation (so
@@ -27,7 +29,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from datasets.csv_io import read_video_csv
-from datasets.frames import FrameError
+from datasets.frames import FrameError, is_video_file
 
 
 class FrameFolderDataset(Dataset):
@@ -78,10 +80,12 @@ class FrameFolderDataset(Dataset):
     def _on_frame_error(self, err: FrameError, index: int) -> None:
         where = f"{self.csv_file}, row {self.rows[index]}"
         if self.strict:
+            redo = ("replace or re-encode the video file (scripts/reencode_videos.py), rebuild "
+                    "the CSV with scripts/build_csv.py --videos_root"
+                    if is_video_file(err.folder) else
+                    "re-extract the video's frames, rebuild the CSV with scripts/build_csv.py")
             raise FrameError(err.folder, err.index, f"{err.reason} (video of {where}). Fix: "
-                             "re-extract the video's frames, rebuild the CSV with "
-                             "scripts/build_csv.py, or run with strict=False to skip such videos"
-                             ) from err
+                             f"{redo}, or run with strict=False to skip such videos") from err
         self.skipped += 1
         if err.folder not in self._warned:
             self._warned.add(err.folder)

@@ -1,6 +1,8 @@
 """Reading and validating the video CSV files of METHOD §1.
 
-A CSV row names one video as a folder of frames ``image_00001.jpg … image_%05d.jpg``::
+A CSV row names one video as a folder of frames ``image_00001.jpg … image_%05d.jpg``, or as a
+video file (``.mp4 .avi .mkv .webm .mov``, any case; ``num_frames`` = its decoded frames, see
+:mod:`datasets.video`); both may be mixed in one CSV::
 
     path,num_frames            # pretraining CSV
     path,num_frames,label      # downstream CSV (label = 0-based class id)
@@ -23,8 +25,10 @@ Rules (METHOD §1):
 frames on disk are then met lazily, at load time, as a :class:`datasets.frames.FrameError`
 (handled by the datasets' skip/strict policy, see ``datasets/pretrain.py``). Passing
 ``validate_files=True`` runs the full up-front check instead: one ``stat`` of the *last* frame
-``image_{num_frames:05d}.jpg`` per row (no directory listing), spread over a thread pool so that it
-stays fast on network file systems; every failing row is collected and reported in one error.
+``image_{num_frames:05d}.jpg`` per row (no directory listing) — for a video file, one ``stat``
+of the file (it exists and is a file; its frames are only counted by ``scripts/build_csv.py``) —
+spread over a thread pool so that it stays fast on network file systems; every failing row is
+collected and reported in one error.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
-from datasets.frames import frame_path
+from datasets.frames import frame_path, is_video_file
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +83,8 @@ def read_video_csv(
         min_frames: videos with fewer frames are dropped with a logged count (e.g. pretraining
             keeps ``num_frames > n*T``, i.e. ``min_frames = n*T + 1``); an error if none remain.
         validate_files: also check, for every row, that the folder exists and holds the last
-            frame it claims (one ``stat`` per row, threaded). Off by default; see the module doc.
+            frame it claims, or that the video file exists (one ``stat`` per row, threaded). Off
+            by default; see the module doc.
 
     Returns:
         A DataFrame with columns ``path`` (absolute str), ``num_frames`` (int), ``label`` (int,
@@ -117,7 +122,8 @@ def read_video_csv(
             count = _parse_int(fields[1])
             if count is None or count <= 0:
                 raise _row_error(csv_file, line, f"num_frames {fields[1]!r} is not a positive "
-                                 "integer", "give the number of image_%05d.jpg frames")
+                                 "integer", "give the number of image_%05d.jpg frames (of decoded "
+                                 "frames for a video file)")
             if labelled:
                 label = _parse_int(fields[2])
                 if label is None or label < 0 or (num_classes is not None and label >= num_classes):
@@ -128,7 +134,8 @@ def read_video_csv(
                                         f" or raise num_classes (now {num_classes})"))
                 labels.append(label)
             if not fields[0]:
-                raise _row_error(csv_file, line, "empty path", "give the frame folder of the video")
+                raise _row_error(csv_file, line, "empty path",
+                                 "give the video's frame folder or file")
             paths.append(os.path.normpath(os.path.join(root, os.path.expanduser(fields[0]))))
             counts.append(count)
             lines.append(line)
@@ -153,11 +160,14 @@ def read_video_csv(
 
 
 def check_frame_folders(table: pd.DataFrame, csv_file: str) -> None:
-    """Check every row's folder and last frame exist (one ``stat`` each, threaded; METHOD §1).
+    """Check every row's folder and last frame exist, or its video file (one ``stat`` each,
+    threaded; METHOD §1).
 
     Raises one :class:`CsvError` that names the first failing rows and how many failed.
     """
     def last_frame_missing(item: tuple[str, int]) -> bool:
+        if is_video_file(item[0]):
+            return not os.path.isfile(item[0])
         return not os.path.isfile(frame_path(item[0], item[1] - 1))
 
     with ThreadPoolExecutor(_CHECK_THREADS) as pool:
@@ -169,13 +179,16 @@ def check_frame_folders(table: pd.DataFrame, csv_file: str) -> None:
     lines = []
     for path, count, line in zip(bad["path"][:_MAX_LISTED], bad["num_frames"][:_MAX_LISTED],
                                  bad["row"][:_MAX_LISTED]):
-        if os.path.isdir(path):
+        if is_video_file(path):
+            lines.append(f"  row {line}: video file {path} does not exist")
+        elif os.path.isdir(path):
             lines.append(f"  row {line}: {path} has no {os.path.basename(frame_path(path, count - 1))}"
                          f" (num_frames={count} is more than the frames on disk)")
         else:
             lines.append(f"  row {line}: frame folder {path} does not exist")
     more = f"\n  … and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
-    raise CsvError(f"{csv_file}: {len(bad)} of {len(table)} rows point at missing frames:\n"
+    raise CsvError(f"{csv_file}: {len(bad)} of {len(table)} rows point at missing frames or "
+                   "video files:\n"
                    + "\n".join(lines) + more
                    + "\nFix: re-extract the frames or rebuild the CSV with scripts/build_csv.py "
                      "(it counts the frames on disk), or pass --data_root if paths are relative "

@@ -2,6 +2,10 @@
 
 Frames are read as encoded bytes and decoded in one batched ``torchvision.io.decode_jpeg`` call
 (no PIL). Every read/decode problem surfaces as a :class:`FrameError` naming the file.
+
+A path that names a video file instead (:func:`is_video_file`: ``.mp4 .avi .mkv .webm .mov``, any
+case) is decoded by :func:`datasets.video.load_video_frames` into the same layout, frame index
+``k`` being the ``k``-th decoded frame, so every dataset and transform takes either.
 """
 
 from __future__ import annotations
@@ -14,22 +18,30 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 FRAME_TEMPLATE = "image_{:05d}.jpg"
 DONE_MARKER = ".done"  # written by scripts/extract_frames.py: the frame count of a finished video
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+
+
+def is_video_file(path: str | os.PathLike) -> bool:
+    """Whether a CSV path names a video file (by its extension, any case; a folder whose name
+    ends in one is a frame folder)."""
+    return os.fspath(path).lower().endswith(VIDEO_EXTENSIONS) and not os.path.isdir(path)
 
 
 class FrameError(RuntimeError):
     """A frame that cannot be read or decoded.
 
     Attributes:
-        folder: the video's frame folder.
-        index: 0-based frame index (the file is ``image_{index+1:05d}.jpg``).
-        path: the frame file.
+        folder: the video's frame folder, or its video file (:func:`is_video_file`).
+        index: 0-based frame index (the file is ``image_{index+1:05d}.jpg``; for a video file,
+            the first frame asked for).
+        path: the frame file, or the video file.
         reason: what went wrong.
     """
 
     def __init__(self, folder: str, index: int, reason: str = "unreadable") -> None:
         self.folder = folder
         self.index = index
-        self.path = frame_path(folder, index)
+        self.path = folder if is_video_file(folder) else frame_path(folder, index)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
@@ -67,9 +79,15 @@ def load_frames(folder: str, indices: Sequence[int]) -> torch.Tensor:
     The encoded frames are decoded in one batched ``decode_jpeg`` call; if that fails, the frames
     are decoded one at a time to name the culprit. Grayscale/CMYK JPEGs are converted to RGB.
 
+    A video file (:func:`is_video_file`) is decoded by :func:`datasets.video.load_video_frames`
+    (the same layout; its docstring says how the frame index stays exact).
+
     Raises:
         FrameError: a frame is missing, unreadable, corrupt, or differs in size from the others.
     """
+    if is_video_file(folder):
+        from datasets.video import load_video_frames  # here: datasets.video imports this module
+        return load_video_frames(folder, indices)
     index_list = [int(i) for i in indices]
     if not index_list:
         raise ValueError(f"{folder}: no frame indices to load")
@@ -95,7 +113,8 @@ def load_frames(folder: str, indices: Sequence[int]) -> torch.Tensor:
 
 
 def load_clip(folder: str, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """Load the frames ``indices`` (0-based, repeats allowed) as a uint8 clip ``(T, 3, H, W)``.
+    """Load the frames ``indices`` (0-based, repeats allowed) of a frame folder or a video file
+    (:func:`load_frames`) as a uint8 clip ``(T, 3, H, W)``.
 
     Each distinct frame is read and decoded once (a clip clipped to its last frame, or the
     overlapping local/global clips of METHOD §1, repeat indices).

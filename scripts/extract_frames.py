@@ -21,7 +21,7 @@ import argparse
 import multiprocessing
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import av
@@ -30,16 +30,15 @@ from torchvision.io import encode_jpeg
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets.frames import DONE_MARKER, FRAME_TEMPLATE  # noqa: E402
+from datasets.frames import DONE_MARKER, FRAME_TEMPLATE, VIDEO_EXTENSIONS  # noqa: E402
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 FAILURES_FILE = "extract_failures.txt"
 _ENCODE_BATCH = 64
 
 
 class Result(NamedTuple):
     video: str  # path relative to --src
-    status: str  # "extracted" | "skipped" | "failed"
+    status: str  # "done" | "skipped" (already done by an earlier run) | "failed"
     frames: int
     error: str = ""
 
@@ -78,6 +77,18 @@ def read_done(folder: str) -> int | None:
     return None
 
 
+def decoded_frames(container: av.container.InputContainer,
+                   stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
+    """The frames of ``stream`` in decoding order; undecodable packets are skipped, as the
+    ``ffmpeg`` command line does."""
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            continue  # a corrupt packet: skip it
+        yield from frames
+
+
 def _write_batch(folder: str, first: int, images: list[torch.Tensor], quality: int) -> None:
     for offset, data in enumerate(encode_jpeg(images, quality=quality)):
         with open(os.path.join(folder, FRAME_TEMPLATE.format(first + offset)), "wb") as handle:
@@ -104,21 +115,16 @@ def extract_video(src_path: str, out_folder: str, short_side: int, quality: int,
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         out_size = None
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except av.error.InvalidDataError:
-                continue  # a corrupt packet: skip it, as the ffmpeg CLI does
-            for frame in frames:
-                if out_size is None:
-                    out_size = output_size(frame.width, frame.height, short_side, size)
-                rgb = frame.reformat(width=out_size[0], height=out_size[1], format="rgb24",
-                                     interpolation="AREA").to_ndarray()
-                pending.append(torch.from_numpy(rgb).permute(2, 0, 1))
-                if len(pending) == _ENCODE_BATCH:
-                    _write_batch(out_folder, count + 1, pending, quality)
-                    count += len(pending)
-                    pending = []
+        for frame in decoded_frames(container, stream):
+            if out_size is None:
+                out_size = output_size(frame.width, frame.height, short_side, size)
+            rgb = frame.reformat(width=out_size[0], height=out_size[1], format="rgb24",
+                                 interpolation="AREA").to_ndarray()
+            pending.append(torch.from_numpy(rgb).permute(2, 0, 1))
+            if len(pending) == _ENCODE_BATCH:
+                _write_batch(out_folder, count + 1, pending, quality)
+                count += len(pending)
+                pending = []
     if pending:
         _write_batch(out_folder, count + 1, pending, quality)
         count += len(pending)
@@ -136,8 +142,8 @@ def _process(job: tuple[str, str, str, int, int, tuple[int, int] | None]) -> Res
     if done is not None:
         return Result(rel, "skipped", done)
     try:
-        return Result(rel, "extracted", extract_video(os.path.join(src, rel), out_folder,
-                                                      short_side, quality, size))
+        return Result(rel, "done", extract_video(os.path.join(src, rel), out_folder,
+                                                 short_side, quality, size))
     except (av.error.FFmpegError, OSError, ValueError, RuntimeError) as err:
         _remove_partial(out_folder)
         return Result(rel, "failed", 0, f"{type(err).__name__}: {err}")
@@ -156,6 +162,39 @@ def _remove_partial(folder: str) -> None:
 
 def _init_worker() -> None:
     torch.set_num_threads(1)
+
+
+def run_jobs(process: Callable[[tuple], Result], jobs: Sequence[tuple], workers: int,
+             desc: str) -> list[Result]:
+    """``process`` over ``jobs``: in this process (``workers == 1``) or a pool of processes
+    with one torch thread each; a tqdm progress bar either way."""
+    if workers == 1:
+        return [process(job) for job in tqdm(jobs, desc=desc, unit="video")]
+    with multiprocessing.Pool(workers, _init_worker) as pool:
+        return list(tqdm(pool.imap_unordered(process, jobs), total=len(jobs), desc=desc,
+                         unit="video"))
+
+
+def report(results: Sequence[Result], dst: str, failures_file: str, verb: str, what: str) -> int:
+    """Print the summary (``N videos <verb> (F frames), S already done, K failed; <what> under
+    dst``) and the failures (first 20 on stderr, all in ``dst/failures_file``); return the exit
+    status (1 if any video failed)."""
+    failed = sorted((r for r in results if r.status == "failed"), key=lambda r: r.video)
+    done = [r for r in results if r.status == "done"]
+    skipped = len(results) - len(done) - len(failed)
+    print(f"{len(done)} videos {verb} ({sum(r.frames for r in done)} frames), "
+          f"{skipped} already done, {len(failed)} failed; {what} under {dst}")
+    if not failed:
+        return 0
+    path = os.path.join(dst, failures_file)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(f"{r.video}\t{r.error}\n" for r in failed)
+    for r in failed[:20]:
+        print(f"  FAILED {r.video}: {r.error}", file=sys.stderr)
+    if len(failed) > 20:
+        print(f"  … and {len(failed) - 20} more", file=sys.stderr)
+    print(f"the full list is in {path}; rerun the same command to retry them", file=sys.stderr)
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,30 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     os.makedirs(dst, exist_ok=True)
     jobs = [(rel, src, dst, args.short_side, args.quality, size) for rel in videos]
-    if args.workers == 1:
-        results = [_process(job) for job in tqdm(jobs, desc="extract", unit="video")]
-    else:
-        with multiprocessing.Pool(args.workers, _init_worker) as pool:
-            results = list(tqdm(pool.imap_unordered(_process, jobs), total=len(jobs),
-                                desc="extract", unit="video"))
-
-    failed = sorted((r for r in results if r.status == "failed"), key=lambda r: r.video)
-    extracted = [r for r in results if r.status == "extracted"]
-    skipped = len(results) - len(extracted) - len(failed)
-    print(f"{len(extracted)} videos extracted ({sum(r.frames for r in extracted)} frames), "
-          f"{skipped} already done, {len(failed)} failed; frames under {dst}")
-    if failed:
-        report = os.path.join(dst, FAILURES_FILE)
-        with open(report, "w", encoding="utf-8") as handle:
-            handle.writelines(f"{r.video}\t{r.error}\n" for r in failed)
-        for r in failed[:20]:
-            print(f"  FAILED {r.video}: {r.error}", file=sys.stderr)
-        if len(failed) > 20:
-            print(f"  … and {len(failed) - 20} more", file=sys.stderr)
-        print(f"the full list is in {report}; rerun the same command to retry them",
-              file=sys.stderr)
-        return 1
-    return 0
+    results = run_jobs(_process, jobs, args.workers, "extract")
+    return report(results, dst, FAILURES_FILE, "extracted", "frames")
 
 
 if __name__ == "__main__":

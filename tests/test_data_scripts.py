@@ -12,7 +12,7 @@ from torchvision.io import decode_jpeg, read_file
 from datasets.csv_io import read_video_csv
 from datasets.downstream import ClipDataset
 from datasets.pretrain import PretrainDataset
-from scripts import build_csv, extract_frames, make_synthetic
+from scripts import build_csv, extract_frames, frame_counts, make_synthetic, reencode_videos
 
 
 def jpegs(folder: Path) -> list[str]:
@@ -169,8 +169,8 @@ def test_frame_counts_use_done_markers_and_reject_gaps(tmp_path, make_frame_fold
     Path(marked, ".done").write_text("3\n")
     gap = make_frame_folder("gap", num_frames=4)
     os.remove(os.path.join(gap, "image_00002.jpg"))
-    assert build_csv.scan_video(marked) == (3, "")
-    count, reason = build_csv.scan_video(gap)
+    assert frame_counts.scan_video(marked) == (3, "")
+    count, reason = frame_counts.scan_video(gap)
     assert count == 0 and "without gaps" in reason
 
 
@@ -185,7 +185,7 @@ def test_make_synthetic_script(tmp_path, capsys):
         make_synthetic.main(["--out", str(tmp_path / "x"), "--num_classes", "1"])
 
 
-@pytest.mark.parametrize("module", [build_csv, extract_frames, make_synthetic])
+@pytest.mark.parametrize("module", [build_csv, extract_frames, make_synthetic, reencode_videos])
 def test_help(module, capsys):
     with pytest.raises(SystemExit) as info:
         module.main(["-h"])
