@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="colour jitter/grayscale/normalisation run batched on the training device; the loader only "
                         "decodes, crops, resizes, flips (and draws the colour factors: same random numbers as "
                         "without the flag); uint8 batches also cut host->device traffic 4x")
+    d.add_argument("--exact_color", action="store_true",
+                   help="torchvision's colour maths (HSV hue, a clamp after every op) instead of the default fast "
+                        "kernel (one 3x3 affine map per frame, same draws; docs/performance.md gives the "
+                        "difference); several times slower")
     c = cli.add_clip_args(p, "clips (METHOD §1)")
     c.add_argument("--sample", type=int, default=2, help="local clips drawn from each video, n >= 2")
     c.add_argument("--rate", type=float, default=3.0, help="upper bound of the frame-rate factor r ~ U(1, rate)")
@@ -169,7 +173,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
     dataset = PretrainDataset(args.csv_file, seq=args.seq, sample=args.sample, img_dim=args.img_dim,
                               rate=args.rate, data_root=args.data_root, strict=args.strict,
                               color_strength=args.color_strength, grayscale_p=args.grayscale_p,
-                              color_on_device=args.gpu_augment)
+                              color_on_device=args.gpu_augment, exact_color=args.exact_color)
     loader = make_loader(dataset, args.train_batch, workers=args.workers, device=device, order="epoch",
                          seed=args.seed, batch_flag="--train_batch")
     # channels_last_3d on every device: the oneDNN (CPU) and cuDNN convolutions are faster in it
@@ -223,7 +227,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
             model=net, objective=objective, loader=loader, optimizer=optimizer, scaler=scaler,
             amp_dtype=amp_dtype, info=info, epoch=epoch, step=step, guard=guard, logger=logger,
             log_every=args.log_every, num_clips=args.sample + 1, color_on_device=args.gpu_augment,
-            show_progress=not args.no_progress,
+            exact_color=args.exact_color, show_progress=not args.no_progress,
         )
         step = result.step
         if main_proc:  # log first: a kill before the checkpoint lands reruns the epoch, whose line is then replaced

@@ -100,6 +100,7 @@ def train_one_epoch(
     log_every: int = 50,
     num_clips: int = 3,
     color_on_device: bool = False,
+    exact_color: bool = False,
     show_progress: bool = True,
 ) -> EpochResult:
     """One pass over ``loader`` (METHOD §2–§4).
@@ -112,7 +113,8 @@ def train_one_epoch(
     ``optimizer.step()``. ``num_clips`` = clips per video (``n + 1``) for the clips/s figure.
     ``color_on_device`` (``--gpu_augment``): the loader yields uint8 clips and their colour draws
     (``PretrainDataset(color_on_device=True)``); the METHOD §1 colour part then runs here on the
-    whole batch, on ``info.device``, as it moves there (:func:`color_augment_batch`).
+    whole batch, on ``info.device``, as it moves there (:func:`color_augment_batch`; ``exact_color``:
+    torchvision's maths instead of the fast kernel).
     ``show_progress``: a progress bar on the main process.
     """
     raw = unwrap(model)
@@ -143,7 +145,7 @@ def train_one_epoch(
         t_data = time.perf_counter()
         wait = t_data - t_prev
         if color_on_device:
-            clips = color_augment_batch(clips, device)
+            clips = color_augment_batch(clips, device, exact_color)
         else:
             clips = clips.to(device, non_blocking=True)
 

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import train
-from datasets import transforms
-from datasets.transforms import color_augment_batch, draw_color_params
+from datasets import color
+from datasets.color import draw_color_params
+from datasets.transforms import color_augment_batch
 from utils.checkpoint import load_checkpoint
 from losses import LossWeights, MultiLevelObjective
 from models import build_model
@@ -40,7 +41,7 @@ def test_batched_colour_on_the_device_equals_the_cpu(monkeypatch: pytest.MonkeyP
     params = {key: value.view(b, clips, t)
               for key, value in draw_color_params(b * clips * t).items()}
     expected = color_augment_batch((frames, params), torch.device("cpu"))
-    monkeypatch.setattr(transforms, "_DEVICE_CHUNK_PIXELS", 8 * size * size)
+    monkeypatch.setattr(color, "DEVICE_CHUNK_PIXELS", 8 * size * size)
     actual = color_augment_batch((frames.pin_memory() if DEVICE.type == "cuda" else frames, params),
                                  DEVICE)
     assert actual.device.type == DEVICE.type and actual.shape == (b, clips, 3, t, size, size)

@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from datasets.color import IMAGENET_MEAN, IMAGENET_STD
 from datasets.downstream import ClipDataset
-from datasets.frames import FrameError, frame_path, load_clip
+from datasets.frames import FrameError, frame_path, load_clip, load_frames
 from datasets.pretrain import PretrainDataset
-from datasets.sampling import eval_clip_indices
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, color_augment_batch
+from datasets.sampling import eval_clip_indices, pretrain_indices, split_clips
+from datasets.transforms import PretrainAugment, color_augment_batch
 
 
 def frame_index(x: torch.Tensor) -> torch.Tensor:
@@ -176,6 +177,26 @@ def test_color_on_device_loader_and_batched_colour_give_the_default_samples(
     high = max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
     assert low - 1e-5 <= out.min() and out.max() <= high + 1e-5
     torch.testing.assert_close(out, first_batch(default), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_one_colour_call_per_sample_equals_augmenting_each_clip(
+        make_frame_folder, write_video_csv, exact):
+    """PretrainDataset colours the sample's n+1 uint8 clips in one call: the same numbers as
+    PretrainAugment on each clip in turn (same draws, same kernel), for both kernels."""
+    folder = make_frame_folder("a", frames=torch.randint(
+        0, 256, (20, 3, 24, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8))
+    csv_file = write_video_csv("pre.csv", [("a", 20)])
+    dataset = PretrainDataset(csv_file, seq=4, sample=2, img_dim=12, exact_color=exact)
+    torch.manual_seed(3)
+    sample = dataset[0]
+    torch.manual_seed(3)
+    window = pretrain_indices(20, 4, 2, 3.0)
+    unique, inverse = torch.unique(split_clips(window, 4, 2), return_inverse=True)
+    augment = PretrainAugment(12, exact_color=exact)
+    frames = load_frames(folder, unique.tolist())
+    expected = torch.stack([augment(frames, clip) for clip in inverse])
+    torch.testing.assert_close(sample, expected, atol=1e-5, rtol=0)
 
 
 def test_relative_paths_and_data_root(tmp_path, make_frame_folder, write_video_csv):

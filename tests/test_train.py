@@ -167,6 +167,19 @@ def test_gpu_augment_run_matches_the_loader_colour_run(straight_run, videos, tmp
         assert metrics["loss_parts"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
 
 
+def test_exact_color_reaches_the_colour_kernel(straight_run, videos, tmp_path):
+    """--exact_color swaps the fast kernel for torchvision's maths under the same draws, in the
+    loader and in the --gpu_augment step alike: the same losses to float rounding between the two
+    places, within 10 % of (and not equal to) the fast kernel's run on these random frames."""
+    _, ref = straight_run
+    runs = [train.main(tiny_argv(videos, tmp_path / name, "--epoch", "2", "--split", "1",
+                                 "--seed", "3", "--exact_color", *extra))
+            for name, extra in (("exact", ()), ("exact_gpu", ("--gpu_augment",)))]
+    assert runs[0]["loss"] == pytest.approx(runs[1]["loss"], rel=1e-5)
+    assert runs[0]["loss"] != ref["loss"]
+    assert runs[0]["loss"] == pytest.approx(ref["loss"], rel=0.1)
+
+
 def test_two_gloo_processes(videos, tmp_path):
     out = tmp_path / "ddp"
     metrics = train.main(tiny_argv(videos, out, "--epoch", "1", "--split", "1", "--train_batch", "2",

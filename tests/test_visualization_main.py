@@ -139,7 +139,7 @@ def test_pretrained_checkpoint_and_chosen_videos(data, tmp_path) -> None:
     assert metrics["num_val_clips"] == 8
     assert [r["index"] for r in metrics["visualized"]] == [5, 2]
     assert sorted(os.listdir(out / "cam")) == sorted(
-        [f"0005_vid_005.png", "0005_vid_005.gif", "0002_vid_002.png", "0002_vid_002.gif"])
+        ["0005_vid_005.png", "0005_vid_005.gif", "0002_vid_002.png", "0002_vid_002.gif"])
 
 
 def test_bad_video_index_is_a_clear_error(data, tmp_path, capsys) -> None:

@@ -26,7 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from datasets.temporal_order import NORMAL, REVERSED, OrderClipDataset, order_pairs
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from datasets.color import IMAGENET_MEAN, IMAGENET_STD
 from utils.amp import autocast
 
 __all__ = ["NORMAL", "REVERSED", "class_activation_maps", "denormalize", "draw_heat_maps", "normalize_cam",
