@@ -9,7 +9,11 @@ anything moved) — the probe hygiene of MoCo's main_lincls.py.
 
 Training the head:
   --cache_features (default): features are extracted once and the head is trained on the cached
-    tensors (CoCLR eval/feature_linear_probe.py; fast). Train-split features are, by default
+    tensors (CoCLR eval/feature_linear_probe.py; fast). Its lr and weight decay, unless given, are
+    chosen by --probe_recipe sweep: one head per (lr, wd) in {1, 0.1, 0.01} x {1e-3, 1e-4} trained
+    on 80 % of the TRAINING videos and scored on the other 20 %, then the best retrained on them all
+    (the choice and every score go to metrics.json); --probe_recipe coclr is CoCLR's fixed SGD
+    lr 1.0, wd 1e-3. Train-split features are, by default
     (--aug_epochs 0), WITHOUT augmentation: the --num_clips clips x centre crop of every training
     video, each clip one training sample (the clips the test uses, so train and test features
     come from the same distribution; the same features are the kNN/retrieval gallery). With
@@ -17,6 +21,12 @@ Training the head:
     random crop, flip per video per pass).
   --no-cache_features: the head is trained end to end through the frozen backbone on augmented
     clips for --epochs epochs (CoCLR main_classifier.py --train_what last).
+A training loss that becomes non-finite or climbs far above where it started stops the run with an
+error (a diverged head's accuracy is not a result); a top-1 within two standard errors of chance
+is flagged in the log and in metrics.json (at_chance).
+--probe_level: the pooled feature the head, kNN and retrieval read: high (METHOD §5), mid, low, or
+all three concatenated.
+--seq / --img_dim default to the checkpoint's pretraining values (the log says which were used).
 Test: --num_clips clips over each video x centre crop (or --ten_crop); softmax averaged per
 video; video-level top-1/top-5 and clip-level top-1 of the LAST epoch are reported.
 --knn K: cosine kNN classifier (video features = clip features averaged) on the train split.
@@ -25,7 +35,8 @@ clips, mean-centred by the gallery mean (--retrieval_center), L2-normalised, cos
 neighbours; R@k = a video of the query's class among the k nearest (k = 1, 5, 10, 20, 50).
 
 Outputs in --output_dir: args.json, log.jsonl (one line per probe epoch), TensorBoard events (tb/),
-metrics.json (percent: top1, top5, clip_top1, knn_top1, retrieval R@k; init = "pretrained" or
+metrics.json (percent: top1, top5, clip_top1, knn_top1, retrieval R@k, train_loss / train_top1 of the
+last epoch, chance and at_chance; probe = the recipe, lr, wd and sweep scores; init = "pretrained" or
 "random", num_train, num_val, skipped_videos = videos replaced by another because of a missing or
 corrupt frame, also per split as skipped_videos_train / skipped_videos_val, ...). Without
 --pretrained the backbone is RANDOMLY INITIALISED: the baseline every result is compared with
@@ -51,23 +62,26 @@ import torch
 
 from datasets.downstream import ClipDataset
 from engine import cli
+from engine.launch import launch
 from engine.features import eval_batch_size, extract
 from engine.loader import make_loader
-from engine.metrics import CENTER_MODES, RETRIEVAL_KS, classification_metrics, knn_scores, retrieval_recall, \
-    topk_accuracy
+from engine.metrics import CENTER_MODES, RETRIEVAL_KS, chance_level, classification_metrics, knn_scores, \
+    retrieval_recall, topk_accuracy
 from engine.probe import (
     assert_state_unchanged, predict_features, state_snapshot, train_linear_probe, train_probe_end_to_end,
 )
-from models import RANDOM_INIT_BANNER, ClassifierHead, VideoClassifier, build_eval_backbone
+from engine.probe_sweep import PROBE_GRID, sweep_linear_probe
+from models import PROBE_LEVELS, RANDOM_INIT_BANNER, ClassifierHead, VideoClassifier, build_eval_backbone, level_dim
 from utils import runtime
 from utils.amp import resolve_amp
 from utils.logging import RunLogger, prepare_output_dir, write_json
 from utils.optim import OPTIMIZERS, build_optimizer
 
 PROG = "eval_linear.py"
-# (optimiser, lr, weight decay) when not given: CoCLR's two linear-probe recipes
-CACHED_DEFAULTS = ("sgd", 1.0, 1e-3)  # eval/feature_linear_probe.py
+# (optimiser, lr, weight decay) of CoCLR's two linear-probe recipes
+CACHED_DEFAULTS = ("sgd", 1.0, 1e-3)  # eval/feature_linear_probe.py (--probe_recipe coclr)
 END_TO_END_DEFAULTS = ("adam", 1e-3, 1e-3)  # eval/main_classifier.py --train_what last
+RECIPES = ("sweep", "coclr")
 HEADLINE = ("top1", "top5", "clip_top1", "knn_top1")
 
 
@@ -87,10 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="BatchNorm1d before the linear layer (CoCLR's linear probe)")
     probe.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
                        help="L2-normalise the pooled feature before the head (CoCLR's linear probe)")
+    probe.add_argument("--probe_level", default="high", choices=PROBE_LEVELS,
+                       help="the pooled backbone feature the head, kNN and retrieval read; all = low, mid "
+                            "and high concatenated")
+    probe.add_argument("--probe_recipe", default="sweep", choices=RECIPES,
+                       help="cached mode, --lr not given: sweep = choose lr and wd on 20 %% of the training "
+                            "videos held out; coclr = CoCLR's fixed SGD lr 1.0, wd 1e-3")
     probe.add_argument("--optim", default=None, choices=OPTIMIZERS,
                        help="default: sgd (cached) / adam (end to end); SGD has momentum 0.9")
-    probe.add_argument("--lr", type=float, default=None, help="default: 1.0 (cached) / 1e-3 (end to end)")
-    probe.add_argument("--wd", type=float, default=None, help="weight decay (default: 1e-3)")
+    probe.add_argument("--lr", type=float, default=None,
+                       help="default: by --probe_recipe (cached) / 1e-3 (end to end)")
+    probe.add_argument("--wd", type=float, default=None,
+                       help="weight decay (default: by --probe_recipe (cached) / 1e-3 (end to end))")
     cli.add_epochs_arg(probe, False, 100, "epochs of head training; 0 = no classifier (kNN / retrieval only)")
     probe.add_argument("--schedule", type=int, nargs="*", default=[60, 80],
                        help="epochs at which the lr is divided by 10")
@@ -129,14 +151,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = cli.parse_checked(build_parser(), argv, check_args)
     defaults = CACHED_DEFAULTS if args.cache_features else END_TO_END_DEFAULTS
     args.optim = args.optim or defaults[0]
+    # where lr / wd come from (metrics.json's probe.recipe): the flags, the sweep, CoCLR's recipe
+    args.lr_from = ("given" if args.lr is not None else
+                    args.probe_recipe if args.cache_features else "end_to_end_default")
+    if args.cache_features and args.lr is None and args.probe_recipe == "sweep":
+        return args  # lr (and wd unless given) chosen by the sweep in run()
     args.lr = defaults[1] if args.lr is None else args.lr
     args.wd = defaults[2] if args.wd is None else args.wd
     return args
 
 
+def choose_recipe(args: argparse.Namespace, recipe: str, new_head: Any, videos_x: torch.Tensor,
+                  videos_y: torch.Tensor, device: torch.device, train_kwargs: dict[str, Any],
+                  logger: RunLogger) -> dict[str, Any]:
+    """The cached probe's lr and wd: as given, CoCLR's, or the best of the sweep on held-out
+    training videos (:func:`~engine.probe_sweep.sweep_linear_probe`; CoCLR's when too few
+    videos). Sets ``args.lr`` / ``args.wd`` and returns what ``metrics.json`` records."""
+    if recipe != "sweep":
+        return {"recipe": recipe, "lr": args.lr, "wd": args.wd}
+    grid = PROBE_GRID if args.wd is None else tuple(dict.fromkeys((lr, args.wd) for lr, _ in PROBE_GRID))
+    best, rows = sweep_linear_probe(new_head, videos_x, videos_y, grid=grid, seed=args.seed,
+                                    device=device, **train_kwargs)
+    for row in rows:
+        score = (f"held-out top-1 {row['holdout_top1']:.1f} %" if "holdout_top1" in row
+                 else "diverged")
+        logger.print(f"   sweep: lr {row['lr']:g} wd {row['wd']:g}: {score}")
+    if best is None:
+        why = ("every point diverged" if rows else
+               f"{len(videos_y)} training videos are too few to hold 20 % out")
+        args.lr, args.wd = CACHED_DEFAULTS[1], CACHED_DEFAULTS[2] if args.wd is None else args.wd
+        logger.print(f"=> probe recipe: CoCLR's lr {args.lr:g} wd {args.wd:g} ({why})")
+        return {"recipe": "coclr", "why": why, "lr": args.lr, "wd": args.wd, "sweep": rows}
+    args.lr, args.wd = best
+    logger.print(f"=> probe recipe: lr {args.lr:g} wd {args.wd:g}, the best on the held-out training "
+                 "videos; retrained on the whole training split")
+    return {"recipe": "sweep", "lr": args.lr, "wd": args.wd, "sweep": rows}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point; returns (and writes to ``metrics.json``) the headline figures."""
-    return cli.launch(PROG, run, parse_args(argv))
+    return launch(PROG, run, parse_args(argv))
 
 
 def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
@@ -154,18 +208,25 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
         logger.print(RANDOM_INIT_BANNER)
     else:
         logger.print(f"=> backbone {init['net']} (width {init['width']}) from {init['pretrained']}")
+    logger.print(cli.clip_size_line(args))
 
     train_set = ClipDataset.from_args(args, args.train_csv, train=True, num_classes=args.num_classes)
     num_classes = train_set.num_classes
     test_set = ClipDataset.from_args(args, args.val_csv, train=False, num_classes=num_classes,
                                      ten_crop=args.ten_crop)
-    head = ClassifierHead(backbone.out_channels["high"], num_classes, final_bn=args.final_bn,
-                          normalize=args.normalize)
-    model = VideoClassifier(backbone, head, frozen=True).to(device)
+
+    def new_head() -> ClassifierHead:
+        return ClassifierHead(level_dim(backbone.out_channels, args.probe_level), num_classes,
+                              final_bn=args.final_bn, normalize=args.normalize)
+
+    model = VideoClassifier(backbone, new_head(), frozen=True, level=args.probe_level).to(device)
     snapshot = state_snapshot(model.backbone)
     mode = "cached" if args.cache_features else "end_to_end"
+    recipe = args.lr_from
     logger.print(f"=> {num_classes} classes, {len(train_set)} train / {len(test_set)} test videos; "
-                 f"probe: {mode}, {args.optim} lr {args.lr} wd {args.wd}, {args.epochs} epochs")
+                 f"probe: {mode} on the {args.probe_level} feature, {args.optim}, "
+                 + (f"lr {args.lr} wd {args.wd}" if args.lr is not None else "lr and wd by the sweep")
+                 + f", {args.epochs} epochs")
 
     skipped = {"train": 0, "val": 0}  # videos replaced because of a missing/corrupt frame
 
@@ -199,30 +260,37 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
     metrics: dict[str, Any] = {**init, "mode": mode, "num_classes": num_classes,
                                "num_train": len(train_set), "num_val": len(test_set),
                                "num_clips": args.num_clips, "ten_crop": args.ten_crop,
+                               "seq": args.seq, "img_dim": args.img_dim, "probe_level": args.probe_level,
                                "epochs": args.epochs}
     if args.epochs:
         if args.cache_features:
-            if args.aug_epochs:
+            if args.aug_epochs:  # (N, passes, D): one augmented clip per video per pass
                 passes = [features(train_set, 1, f"augmented train features {i + 1}/{args.aug_epochs}",
                                    "train") for i in range(args.aug_epochs)]
-                train_x = torch.cat([x for x, _ in passes]).flatten(0, 1)
-                train_y = torch.cat([y for _, y in passes])
+                videos_x, videos_y = torch.cat([x for x, _ in passes], dim=1), passes[0][1]
             else:
-                train_x = gallery_x.flatten(0, 1)
-                train_y = gallery_y.repeat_interleave(gallery_x.shape[1])
-            train_linear_probe(model.head, train_x, train_y, optim=args.optim, lr=args.lr,
-                               weight_decay=args.wd, epochs=args.epochs, schedule=args.schedule,
-                               batch_size=args.feature_batch_size, device=device, seed=args.seed,
-                               on_epoch=on_epoch, show_progress=show)
+                videos_x, videos_y = gallery_x, gallery_y
+            train_kwargs = dict(optim=args.optim, epochs=args.epochs, schedule=args.schedule,
+                                batch_size=args.feature_batch_size)
+            metrics["probe"] = choose_recipe(args, recipe, new_head, videos_x, videos_y, device,
+                                             train_kwargs, logger)
+            train = train_linear_probe(
+                model.head, videos_x.flatten(0, 1), videos_y.repeat_interleave(videos_x.shape[1]),
+                lr=args.lr, weight_decay=args.wd, device=device, seed=args.seed, on_epoch=on_epoch,
+                show_progress=show, **train_kwargs)
         else:
             loader = make_loader(train_set, args.batch_size, workers=args.workers, device=device,
                                  order="epoch", seed=args.seed)
             optimizer = build_optimizer([{"params": model.head.parameters()}], args.optim, args.lr, args.wd)
-            skipped["train"] += train_probe_end_to_end(
+            metrics["probe"] = {"recipe": recipe, "lr": args.lr, "wd": args.wd}
+            train = train_probe_end_to_end(
                 model, loader, optimizer, epochs=args.epochs, lr=args.lr, schedule=args.schedule,
                 device=device, amp_dtype=amp_dtype, seed=args.seed, on_epoch=on_epoch,
                 show_progress=show)
+            skipped["train"] += train["skipped_videos"]
+        metrics.update(train_loss=train["loss"], train_top1=train["train_top1"])
         metrics.update(classification_metrics(predict_features(model.head, test_x, device), test_y))
+        metrics.update(chance_level(metrics["top1"], num_classes, len(test_set)))
     if args.knn or args.retrieval:  # video features = clip features averaged (METHOD §5)
         test_videos, gallery_videos = test_x.mean(1).to(device), gallery_x.mean(1).to(device)
     if args.knn:
@@ -245,6 +313,10 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
                  + "".join(f" {k}={v:.2f}" for k, v in metrics.get("retrieval", {}).items())
                  + f" skipped_videos={metrics['skipped_videos']}"
                  + (" (RANDOM INIT)" if init["init"] == "random" else ""))
+    if metrics.get("at_chance"):
+        logger.print(f"WARNING: top-1 {metrics['top1']:.1f} % is within two standard errors of chance "
+                     f"({metrics['chance']:.1f} % for {num_classes} classes) on {len(test_set)} test videos: "
+                     "the probe found nothing to read in these features; this is not a result")
     logger.close()
     return metrics
 

@@ -13,11 +13,16 @@ videos and the scores are gathered, so each video counts exactly once.
 
 Outputs in --output_dir: args.json, log.jsonl (one line per epoch), TensorBoard events (tb/),
 checkpoint_last.pth (every epoch), checkpoint_NNNN.pth (every --save_every epochs and the last),
-metrics.json (top1, top5, clip_top1, init, num_train, num_val, skipped_videos = videos replaced by
+metrics.json (top1, top5, clip_top1, train_loss / train_top1 of the last epoch, chance and at_chance
+(top-1 within two standard errors of chance, also a WARNING in the log), init, num_train, num_val,
+seq, img_dim, skipped_videos = videos replaced by
 another because of a missing or corrupt frame: skipped_videos_train over every training epoch of
 the run, skipped_videos_val in the final test, ...). Rerunning the same command continues the run
 (--resume auto). Without --pretrained the network is RANDOMLY INITIALISED (training from
 scratch): the baseline every result is compared with (init = "random").
+A training loss that becomes non-finite or climbs far above where it started stops the run with an
+error naming the epoch (retry with a smaller --lr). --seq / --img_dim default to the --pretrained
+checkpoint's pretraining values (the log says which were used).
 
 Examples:
   # UCF101 split 1, one GPU
@@ -43,12 +48,14 @@ from torch.utils.data import Subset
 
 from datasets.downstream import ClipDataset
 from engine import cli
+from engine.launch import launch
 from engine.checkpointing import (
     read_training_checkpoint, restore_training_state, save_epoch_checkpoints, training_state,
 )
 from engine.features import eval_batch_size, extract, gather_shards, shard_indices, sum_over_ranks
 from engine.loader import make_loader, start_epoch
-from engine.metrics import classification_metrics
+from engine.metrics import chance_level, classification_metrics
+from engine.probe import DivergenceGuard
 from engine.supervised import train_one_epoch
 from models import RANDOM_INIT_BANNER, ClassifierHead, VideoClassifier, build_backbone, build_eval_backbone
 from utils import runtime
@@ -88,7 +95,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and check the flags; a bad combination exits with one message."""
+    """Parse and check the flags (a bad combination exits with one message); ``--seq`` /
+    ``--img_dim`` default to the ``--pretrained`` checkpoint's pretraining values."""
     return cli.parse_checked(build_parser(), argv, check_args)
 
 
@@ -128,6 +136,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
         backbone = build_backbone(config["net"], config["width"])
     if config["init"] == "random":
         logger.print(RANDOM_INIT_BANNER)
+    logger.print(cli.clip_size_line(args))
 
     train_set = ClipDataset.from_args(args, args.train_csv, train=True, num_classes=args.num_classes)
     num_classes = train_set.num_classes
@@ -173,6 +182,8 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
                                          gather_shards(labels, len(test_set), device)),
                 "skipped_videos": sum_over_ranks(skipped, device)}
 
+    # the epoch loss is averaged over all ranks, so every rank stops at the same epoch
+    guard = DivergenceGuard(num_classes, what="fine-tuning")
     for epoch in range(first_epoch, args.epochs):
         lr = apply_step_schedule(optimizer, args.lr, epoch, args.schedule)
         start_epoch(loader, args.seed, info.rank, epoch)
@@ -189,15 +200,20 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
             del state
             logger.scalars("train", {k: v for k, v in record.items() if k not in ("epoch", "step")}, epoch)
             logger.log_epoch(record)
+        guard.check(epoch, stats["loss"], lr)
 
     result = evaluate()
     skipped_val = result.pop("skipped_videos")
     metrics = None
     if main_proc:
         # every epoch of the run, resumed attempts included (log.jsonl holds one line per epoch)
-        skipped_train = sum(int(r.get("skipped_videos", 0)) for r in logger.read_log())
-        metrics = {**result, **config, "num_train": len(train_set), "num_val": len(test_set),
-                   "num_clips": args.num_clips, "ten_crop": args.ten_crop, "epochs": args.epochs,
+        log = logger.read_log()
+        skipped_train = sum(int(r.get("skipped_videos", 0)) for r in log)
+        last = log[-1] if log else {}
+        metrics = {**result, **chance_level(result["top1"], num_classes, len(test_set)),
+                   "train_loss": last.get("loss"), "train_top1": last.get("train_top1"), **config, "num_train": len(train_set), "num_val": len(test_set),
+                   "num_clips": args.num_clips, "ten_crop": args.ten_crop, "seq": args.seq,
+                   "img_dim": args.img_dim, "epochs": args.epochs,
                    "world_size": info.world_size, "checkpoint": str(out / LAST_NAME),
                    "skipped_videos": skipped_train + skipped_val, "skipped_videos_train": skipped_train,
                    "skipped_videos_val": skipped_val}
@@ -206,13 +222,18 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
         logger.print("=> " + " ".join(f"{k}={v:.2f}" for k, v in result.items())
                      + f" skipped_videos={metrics['skipped_videos']}"
                      + (" (RANDOM INIT)" if config["init"] == "random" else ""))
+        if metrics["at_chance"]:
+            logger.print(f"WARNING: top-1 {result['top1']:.1f} % is within two standard errors of chance "
+                         f"({metrics['chance']:.1f} % for {num_classes} classes) on {len(test_set)} test "
+                         "videos: the network learned nothing it can use on the test split; this is not "
+                         "a result")
     logger.close()
     return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Entry point; returns the metrics dict (single process / rank 0) for in-process use."""
-    return cli.launch(PROG, run, parse_args(argv))
+    return launch(PROG, run, parse_args(argv))
 
 
 if __name__ == "__main__":

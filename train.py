@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from engine import cli
+from engine.launch import launch
 from engine.checkpointing import (
     check_matches, read_training_checkpoint, restore_training_state, save_epoch_checkpoints, training_state,
 )
@@ -260,7 +261,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
 
 def main(argv: list[str] | None = None) -> dict | None:
     """Entry point; returns the final metrics dict (single process / rank 0) for in-process use."""
-    return cli.launch(PROG, run, parse_args(argv))
+    return launch(PROG, run, parse_args(argv))
 
 
 if __name__ == "__main__":

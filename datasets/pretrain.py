@@ -79,12 +79,11 @@ class PretrainDataset(FrameFolderDataset):
         clips = split_clips(window, self.seq, self.sample)
         unique, inverse = torch.unique(clips, return_inverse=True)
         frames = load_frames(self.paths[index], unique.tolist())
-        size = self.augment.img_dim
-        out = torch.empty(len(inverse), self.seq, size, size, 3, dtype=torch.uint8)
-        draws = []
-        for clip, dest in zip(inverse, out):
-            dest.copy_(self.augment.geometric(frames, clip).permute(0, 2, 3, 1))
+        geometric, draws = [], []
+        for clip in inverse:  # per clip its box and flip, then its colour draws (the RNG order)
+            geometric.append(self.augment.geometric(frames, clip).permute(0, 2, 3, 1))
             draws.append(self.augment.draw_color(self.seq))
+        out = torch.stack(geometric)  # (n+1, T, S, S, 3): channels last, one copy
         params = {key: torch.stack([d[key] for d in draws]) for key in draws[0]}
         if self.color_on_device:
             return out, params

@@ -1,6 +1,5 @@
-"""What every entry script shares on the command line: the flag groups, one help formatter, one
-validation style, one list of user errors, and one launcher for a single process,
-``--multiprocessing-distributed`` and ``torchrun``.
+"""What every entry script shares on the command line: the flag groups, one help formatter and
+one validation style (the launcher and the list of user errors: :mod:`engine.launch`).
 
 Each entry script builds its parser from these groups, adds its own flags to them, and keeps
 only its wiring. Two spellings work everywhere: ``--epoch`` / ``--epochs`` and ``--train_batch``
@@ -10,36 +9,20 @@ names it stores and shows first; the evaluation scripts keep ``--epochs`` and ``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import traceback
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from datasets.csv_io import CsvError
-from datasets.frames import FrameError
-from engine.loader import DataTooSmall
-from engine.pretrain import TrainingDiverged
-from models import NETS, BackboneLoadError
+from models import NETS, pretraining_args
 from utils import runtime
 from utils.amp import AMP_CHOICES
-from utils.checkpoint import LAST_NAME, CheckpointError, find_resume
+from utils.checkpoint import find_resume
 
 
-class UsageError(ValueError):
-    """A flag value that only turns out to be wrong once the run has started (e.g. a video
-    index past the end of the CSV); reported like a parser error."""
-
-
-# Errors a user can cause (bad CSV row, missing frame, bad checkpoint, too little data): every
-# entry script reports them as one line, without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    CsvError, FrameError, CheckpointError, BackboneLoadError, DataTooSmall, TrainingDiverged,
-    UsageError, FileNotFoundError)
+CLIP_DEFAULTS = {"seq": 16, "img_dim": 112}  # METHOD §1's clip: 16 frames of 112²
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -79,12 +62,22 @@ def add_data_args(parser: argparse.ArgumentParser, title: str,
 
 def add_clip_args(parser: argparse.ArgumentParser, title: str, test_clips: int | None = None,
                   ten_crop: bool = False) -> argparse._ArgumentGroup:
-    """``--seq`` and ``--img_dim`` (METHOD §1); with ``test_clips``, also the downstream
-    sampling of METHOD §5: ``--ds``, ``--num_clips`` (that default) and, with ``ten_crop``,
-    ``--ten_crop``."""
+    """``--seq`` and ``--img_dim`` (METHOD §1); with ``test_clips`` (the evaluation scripts),
+    also the downstream sampling of METHOD §5: ``--ds``, ``--num_clips`` (that default) and, with
+    ``ten_crop``, ``--ten_crop``; there ``--seq`` / ``--img_dim`` default to the ``--pretrained``
+    checkpoint's pretraining values (:func:`fill_clip_size`)."""
     group = parser.add_argument_group(title)
-    group.add_argument("--seq", type=int, default=16, help="frames per clip, T")
-    group.add_argument("--img_dim", type=int, default=112, help="side of the square input crop, in pixels")
+    if test_clips is None:
+        group.add_argument("--seq", type=int, default=CLIP_DEFAULTS["seq"], help="frames per clip, T")
+        group.add_argument("--img_dim", type=int, default=CLIP_DEFAULTS["img_dim"],
+                           help="side of the square input crop, in pixels")
+    else:
+        group.add_argument("--seq", type=int, default=None,
+                           help=f"frames per clip, T (default: the --pretrained checkpoint's pretraining "
+                                f"--seq, else {CLIP_DEFAULTS['seq']})")
+        group.add_argument("--img_dim", type=int, default=None,
+                           help=f"side of the square input crop, in pixels (default: the --pretrained "
+                                f"checkpoint's pretraining --img_dim, else {CLIP_DEFAULTS['img_dim']})")
     if test_clips is not None:
         group.add_argument("--ds", type=int, default=1, help="temporal stride between the frames of a clip")
         group.add_argument("--num_clips", type=int, default=test_clips,
@@ -95,6 +88,41 @@ def add_clip_args(parser: argparse.ArgumentParser, title: str, test_clips: int |
                            help="test: 10 crops (4 corners + centre, and their flips) per clip instead "
                                 "of the centre crop")
     return group
+
+
+def fill_clip_size(args: argparse.Namespace) -> None:
+    """Fill ``--seq`` / ``--img_dim`` left unset: from the ``--pretrained`` checkpoint's
+    pretraining flags (:func:`~models.loading.pretraining_args`), so a probe runs at the clip size
+    the backbone was trained for (METHOD §5), else :data:`CLIP_DEFAULTS`. Where each value came
+    from goes to ``args.clip_size_from`` (``flag``, ``checkpoint`` or ``default``; in
+    ``args.json``) and :func:`clip_size_line` says it in the log. Part of the scripts' checks
+(:func:`check_downstream`), so a bad value is a parser error."""
+    names = tuple(CLIP_DEFAULTS)
+    missing = [name for name in names if getattr(args, name) is None]
+    try:
+        saved = pretraining_args(args.pretrained) if missing and args.pretrained else {}
+    except (OSError, RuntimeError):  # unreadable: building the backbone reports it, in the run
+        saved = {}
+    args.clip_size_from = {}
+    for name in names:
+        if getattr(args, name) is not None:
+            args.clip_size_from[name] = "flag"
+        elif isinstance(saved.get(name), int):
+            setattr(args, name, saved[name])
+            args.clip_size_from[name] = "checkpoint"
+        else:
+            setattr(args, name, CLIP_DEFAULTS[name])
+            args.clip_size_from[name] = "default"
+    check_at_least(args, 1, *names)
+
+
+def clip_size_line(args: argparse.Namespace) -> str:
+    """One log line: the clip size and where each of its two numbers came from."""
+    where = {"flag": "given", "checkpoint": "from the checkpoint's pretraining flags",
+             "default": "default"}
+    parts = [f"--{name} {getattr(args, name)} ({where[args.clip_size_from[name]]})"
+             for name in CLIP_DEFAULTS]
+    return "=> clips: " + ", ".join(parts)
 
 
 def add_backbone_args(parser: argparse.ArgumentParser, pretrained: bool) -> argparse._ArgumentGroup:
@@ -199,6 +227,7 @@ def add_downstream_args(parser: argparse.ArgumentParser, holds: str, distributed
 
 def check_downstream(args: argparse.Namespace) -> None:
     """The checks of :func:`add_downstream_args` beyond :func:`check_common`."""
+    fill_clip_size(args)
     check_at_least(args, 0, "eval_freq")
     require(args.num_classes is None or args.num_classes >= 2,
             f"--num_classes must be >= 2, got {args.num_classes}")
@@ -280,93 +309,3 @@ def resume_path(args: argparse.Namespace) -> str | None:
 
 def warn(prog: str, message: str) -> None:
     print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------- launching
-def _is_comm_error(err: BaseException) -> bool:
-    return isinstance(err, getattr(torch.distributed, "DistError", ())) or any(
-        s in str(err) for s in ("gloo", "NCCL", "Connection closed", "Connection reset", "timed out"))
-
-
-def _worker_error_message(err: BaseException) -> str | None:
-    """The last line of an exception a DataLoader worker re-raised but could not rebuild (e.g. a
-    ``FrameError``), else None."""
-    if not (isinstance(err, RuntimeError) and "in DataLoader worker process" in str(err)):
-        return None
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else str(err)
-
-
-def run_process(prog: str, run: Callable[[argparse.Namespace, runtime.DistInfo], Any],
-                args: argparse.Namespace) -> Any:
-    """One process of a run: join the process group the ``env://`` variables describe (if any),
-    call ``run(args, info)``, leave the group.
-
-    A user-caused error ends the process with one line (no traceback; a :class:`UsageError` with
-    exit status 2, like the parser's errors). Under DDP, any failure
-    prints its message tagged with the rank and leaves at once with ``os._exit(1)``: the other
-    ranks' pending collectives then fail (peer gone) or time out after ``--dist_timeout``.
-    """
-    info = runtime.init_distributed(args.device, getattr(args, "dist_timeout", 1800))
-    tag = f"[rank {info.rank}/{info.world_size}] " if info.distributed else ""
-    try:
-        result = run(args, info)
-    except Exception as err:
-        worker = _worker_error_message(err)
-        if isinstance(err, USER_ERRORS):
-            msg = f"{tag}{prog}: error: {err}"
-        elif worker is not None:
-            msg = f"{tag}{prog}: error: {worker}"
-        elif info.distributed and _is_comm_error(err):
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            where = Path(args.output_dir) / LAST_NAME
-            msg = (f"{tag}{prog}: error: a collective failed ({type(err).__name__}: {first}). Another rank "
-                   f"probably failed first: look for its message. Restart with --resume auto to continue "
-                   f"from {where}.")
-        elif not info.distributed:
-            raise  # a bug: keep the traceback
-        else:
-            traceback.print_exc()
-            msg = f"{tag}{prog}: error: {type(err).__name__}: {err}"
-        if info.distributed:
-            print(msg, file=sys.stderr, flush=True)
-            sys.stdout.flush()
-            os._exit(1)
-        if isinstance(err, UsageError):  # a flag error found late: exit status 2, like the parser's
-            print(msg, file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-        raise SystemExit(msg) from None
-    runtime.cleanup_distributed()
-    return result
-
-
-def _spawned(local_rank: int, prog: str, run: Callable, args: argparse.Namespace) -> None:
-    run_process(prog, run, args)
-
-
-def launch(prog: str, run: Callable[[argparse.Namespace, runtime.DistInfo], Any],
-           args: argparse.Namespace) -> Any:
-    """Run ``run(args, info)`` in every process of the job and return rank 0's result.
-
-    - under a launcher (``torchrun``, Slurm ``srun`` with the ``env://`` variables): this process
-      is one rank (``--multiprocessing-distributed`` is then ignored, with a warning);
-    - ``--multiprocessing-distributed`` with more than one device (or ``--nproc N``): spawn one
-      process per GPU of this node (N CPU processes with gloo); the result is read back from
-      ``--output_dir/metrics.json``;
-    - else one process.
-    """
-    spawn = getattr(args, "multiprocessing_distributed", False)
-    if spawn and runtime.launched_world_size() is None:
-        nproc = runtime.num_spawn(args.device, args.nproc)
-        if nproc > 1:
-            try:
-                runtime.spawn_workers(_spawned, nproc, prog, run, args)
-            except runtime.WorkerError as err:
-                raise SystemExit(f"{prog}: error: {err}") from None
-            metrics_path = Path(args.output_dir) / "metrics.json"
-            return json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-        warn(prog, "--multiprocessing-distributed with one device: running a single process "
-                   "(pass --nproc N for N CPU processes)")
-    elif spawn:
-        warn(prog, "--multiprocessing-distributed ignored: the processes were started by a launcher (torchrun)")
-    return run_process(prog, run, args)

@@ -6,6 +6,7 @@ Accuracies are fractions in [0, 1]; the entry scripts report percent.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -105,3 +106,12 @@ def knn_scores(train_features: Tensor, train_labels: Tensor, test_features: Tens
     weights = torch.ones_like(sim) if temperature is None else (sim / temperature).exp()
     votes = torch.zeros(q.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
     return votes.scatter_add_(1, train_labels.to(idx.device)[idx], weights)
+
+
+def chance_level(top1: float, num_classes: int, num_videos: int) -> dict[str, float | bool]:
+    """The chance level of a ``num_classes``-way top-1 (percent, ``100 / C``) and whether
+    ``top1`` (percent, on ``num_videos`` test videos) lies within two binomial standard errors
+    of it: a probe at chance found nothing in the features, whatever its number says."""
+    p = 1.0 / num_classes
+    margin = 2.0 * 100.0 * math.sqrt(p * (1.0 - p) / max(num_videos, 1))
+    return {"chance": 100.0 * p, "at_chance": bool(top1 < 100.0 * p + margin)}

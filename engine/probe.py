@@ -1,8 +1,17 @@
 """The probes of METHOD §5 on a frozen backbone: hygiene checks (MoCo ``main_lincls.py``: only
 the head trains, the frozen backbone does not move), the linear classifier trained on cached
 features (CoCLR ``eval/feature_linear_probe.py``) or end to end through the backbone, its
-predictions, and the temporal-order probe's logits and accuracy."""
+predictions, and the temporal-order probe's logits and accuracy.
+
+Every head training goes through a :class:`DivergenceGuard`: a training loss that becomes
+non-finite or climbs far above where it started stops the run with :class:`ProbeDiverged`
+instead of reporting the chance-level accuracy of a diverged head as a result. The learning rate
+and weight decay of the cached probe can be chosen by :func:`sweep_linear_probe` on held-out
+training videos (:mod:`engine.probe_sweep`).
+"""
 from __future__ import annotations
+
+import math
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -19,6 +28,44 @@ from utils.logging import progress
 from utils.optim import apply_step_schedule, build_optimizer
 
 EpochCallback = Callable[[int, dict[str, float], ClassifierHead], None]
+# a training loss this many times above its reference means divergence (DivergenceGuard)
+DIVERGENCE_FACTOR = 10.0
+
+
+class ProbeDiverged(RuntimeError):
+    """A head's training loss became non-finite or rose far above where it started."""
+
+
+class DivergenceGuard:
+    """Stops a head training whose loss diverges (METHOD §5 probes and fine-tuning).
+
+    :meth:`check` after every epoch raises :class:`ProbeDiverged` when the epoch's mean training
+    loss is non-finite, or more than :data:`DIVERGENCE_FACTOR` times the chance level
+    ``ln(num_classes)`` (the loss of a uniform guess), or more than that factor above the first
+    epoch's loss while above chance. The message names the epoch, the figures and what to try.
+    """
+
+    def __init__(self, num_classes: int, what: str = "linear probe", hint: str = "--lr") -> None:
+        self.chance = math.log(num_classes)
+        self.what = what
+        self.hint = hint
+        self.first: float | None = None
+
+    def check(self, epoch: int, loss: float, lr: float) -> None:
+        if self.first is None:
+            self.first = loss
+        limit = DIVERGENCE_FACTOR * self.chance
+        rose = loss > DIVERGENCE_FACTOR * self.first and loss > self.chance
+        if math.isfinite(loss) and loss <= limit and not rose:
+            return
+        reason = ("is not finite" if not math.isfinite(loss) else
+                  f"is {loss:.4g}, over {DIVERGENCE_FACTOR:g}x the chance level ln(classes) = "
+                  f"{self.chance:.3g}" if loss > limit else
+                  f"rose from {self.first:.4g} at the first epoch to {loss:.4g}")
+        raise ProbeDiverged(
+            f"{self.what} diverged at epoch {epoch}: the training loss {reason} (lr {lr:g}). Its "
+            f"accuracy would be a diverged head's, not a result: retry with a smaller learning rate "
+            f"(e.g. {self.hint} {lr / 10:g})")
 
 
 def check_only_head_trains(model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -59,12 +106,14 @@ def train_linear_probe(head: ClassifierHead, features: Tensor, labels: Tensor, *
                        schedule: Sequence[int] = (60, 80), batch_size: int = 1024,
                        device: torch.device | str = "cpu", seed: int = 0,
                        on_epoch: EpochCallback | None = None,
-                       show_progress: bool = False) -> ClassifierHead:
+                       show_progress: bool = False) -> dict[str, float]:
     """Train ``head`` (in place) on cached ``(M, D)`` features / ``(M,)`` labels with
     cross-entropy, ``optim`` (SGD momentum 0.9 or Adam), lr divided by 10 at each ``schedule``
     epoch (METHOD §5 linear probe; CoCLR ``eval/feature_linear_probe.py``). Shuffling uses its own
     generator seeded with ``seed``. ``on_epoch(epoch, stats, head)`` is called after every epoch
-    (stats: ``loss``, ``train_top1`` in percent, ``lr``). Returns ``head`` in eval mode."""
+    (stats: ``loss``, ``train_top1`` in percent, ``lr``). A diverging loss raises
+    :class:`ProbeDiverged` (:class:`DivergenceGuard`). Leaves ``head`` in eval mode and returns
+    the last epoch's stats (empty for ``epochs = 0``)."""
     if features.dim() != 2 or features.shape[0] != labels.shape[0]:
         raise ValueError(f"expected (M, D) features and (M,) labels, got {tuple(features.shape)} "
                          f"and {tuple(labels.shape)}")
@@ -75,6 +124,8 @@ def train_linear_probe(head: ClassifierHead, features: Tensor, labels: Tensor, *
     final_bn = isinstance(head.bn, nn.BatchNorm1d)
     optimizer = build_optimizer([{"params": head.parameters()}], optim, lr, weight_decay)
     generator = torch.Generator().manual_seed(seed)
+    guard = DivergenceGuard(head.fc.out_features)
+    stats: dict[str, float] = {}
     m = x.shape[0]
     for epoch in progress(range(epochs), enabled=show_progress, desc="linear probe"):
         lr_now = apply_step_schedule(optimizer, lr, epoch, schedule)
@@ -95,11 +146,13 @@ def train_linear_probe(head: ClassifierHead, features: Tensor, labels: Tensor, *
             loss_sum += loss.detach() * idx.numel()
             correct += logits.argmax(dim=1).eq(y[idx]).sum()
             seen += idx.numel()
+        stats = {"loss": (loss_sum / max(seen, 1)).item(),
+                 "train_top1": 100.0 * (correct / max(seen, 1)).item(), "lr": lr_now}
         if on_epoch is not None:
-            stats = {"loss": (loss_sum / max(seen, 1)).item(),
-                     "train_top1": 100.0 * (correct / max(seen, 1)).item(), "lr": lr_now}
             on_epoch(epoch, stats, head)
-    return head.eval()
+        guard.check(epoch, stats["loss"], lr_now)
+    head.eval()
+    return stats
 
 
 @torch.no_grad()
@@ -118,27 +171,31 @@ def predict_features(head: nn.Module, features: Tensor, device: torch.device | s
 def train_probe_end_to_end(model: VideoClassifier, loader: Iterable, optimizer: torch.optim.Optimizer, *,
                            epochs: int, lr: float, schedule: Sequence[int], device: torch.device,
                            amp_dtype: torch.dtype | None = None, seed: int = 0,
-                           on_epoch: EpochCallback | None = None, show_progress: bool = False) -> int:
+                           on_epoch: EpochCallback | None = None,
+                           show_progress: bool = False) -> dict[str, float]:
     """Train ``model.head`` through the frozen backbone (METHOD §5 linear probe, end to end):
     ``model`` must be a ``frozen`` :class:`VideoClassifier` (backbone in eval mode whatever
     ``.train()`` says) and ``optimizer`` must hold only the head (checked). ``loader`` is an
     ``"epoch"``-order loader (``engine.loader.make_loader``); epoch ``e``'s data depends on
-    ``(seed, e)`` only. Returns the number of videos skipped (missing/corrupt frames) over all
-    epochs."""
+    ``(seed, e)`` only. A diverging loss raises :class:`ProbeDiverged`. Returns the last epoch's
+    stats, with ``skipped_videos`` (missing/corrupt frames) summed over all epochs."""
     if not model.frozen:
         raise ValueError("train_probe_end_to_end needs VideoClassifier(..., frozen=True)")
     check_only_head_trains(model, model.head, optimizer)
     scaler = make_scaler(amp_dtype, device)
+    guard = DivergenceGuard(model.head.fc.out_features)
     skipped = 0
+    stats: dict[str, float] = {}
     for epoch in range(epochs):
         lr_now = apply_step_schedule(optimizer, lr, epoch, schedule)
         start_epoch(loader, seed, 0, epoch)
-        stats = train_one_epoch(model, loader, optimizer, scaler, device, amp_dtype,
-                                show_progress, desc=f"probe epoch {epoch}")
+        stats = {**train_one_epoch(model, loader, optimizer, scaler, device, amp_dtype,
+                                   show_progress, desc=f"probe epoch {epoch}"), "lr": lr_now}
         skipped += stats["skipped_videos"]
         if on_epoch is not None:
-            on_epoch(epoch, {**stats, "lr": lr_now}, model.head)
-    return skipped
+            on_epoch(epoch, stats, model.head)
+        guard.check(epoch, stats["loss"], lr_now)
+    return {**stats, "skipped_videos": skipped}
 
 
 def order_logits(model: VideoClassifier) -> Callable[[Tensor], Tensor]:

@@ -2,7 +2,7 @@
 classifier of the evaluation protocol (METHOD §5)."""
 
 from models.backbone import Backbone
-from models.classifier import ClassifierHead, VideoClassifier, pool_high
+from models.classifier import PROBE_LEVELS, ClassifierHead, VideoClassifier, level_dim, pool_high
 from models.loading import (
     RANDOM_INIT_BANNER,
     BackboneLoadError,
@@ -10,6 +10,7 @@ from models.loading import (
     build_backbone_from_checkpoint,
     build_eval_backbone,
     load_pretrained_backbone,
+    pretraining_args,
 )
 from models.multilevel import MultiLevelModel, build_model
 from models.output import LEVELS, MultiLevelOutput
@@ -19,6 +20,7 @@ __all__ = [
     "LEVELS",
     "RANDOM_INIT_BANNER",
     "NETS",
+    "PROBE_LEVELS",
     "Backbone",
     "BackboneLoadError",
     "ClassifierHead",
@@ -30,6 +32,8 @@ __all__ = [
     "build_backbone_from_checkpoint",
     "build_eval_backbone",
     "build_model",
+    "level_dim",
     "load_pretrained_backbone",
     "pool_high",
+    "pretraining_args",
 ]

@@ -1,6 +1,7 @@
 """The downstream classifier of the evaluation protocol (METHOD §5): the pooled high feature of a
-backbone -> (L2 norm) -> (BatchNorm1d) -> (dropout) -> linear layer, with the backbone frozen
-(linear probe) or trained (fine-tuning).
+backbone (or another level, or all three concatenated: :data:`PROBE_LEVELS`) -> (L2 norm) ->
+(BatchNorm1d) -> (dropout) -> linear layer, with the backbone frozen (linear probe) or trained
+(fine-tuning).
 
 The loops, probe-hygiene checks and scoring that use it live in ``engine/`` (``supervised.py``,
 ``probe.py``, ``metrics.py``).
@@ -13,6 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.output import LEVELS
+
+# what a probe reads: one level's pooled map, or the three pooled maps concatenated
+PROBE_LEVELS = (*LEVELS, "all")
+
 
 def pool_high(features: Mapping[str, Tensor] | Tensor) -> Tensor:
     """Time/space average of the backbone's ``high`` feature map (METHOD §5): ``(N, D, T, H, W)``
@@ -21,6 +27,20 @@ def pool_high(features: Mapping[str, Tensor] | Tensor) -> Tensor:
     if x.dim() != 5:
         raise ValueError(f"pool_high expects a (N, D, T, H, W) feature map, got shape {tuple(x.shape)}")
     return x.float().mean(dim=(2, 3, 4))
+
+
+def pool_level(features: Mapping[str, Tensor], level: str = "high") -> Tensor:
+    """The pooled feature a probe reads (:data:`PROBE_LEVELS`): one level's map through
+    :func:`pool_high`'s time/space average, or for ``"all"`` the low, mid and high averages
+    concatenated ``(N, C_low + C_mid + C_high)``."""
+    if level == "all":
+        return torch.cat([pool_high(features[name]) for name in LEVELS], dim=1)
+    return pool_high(features[level])
+
+
+def level_dim(out_channels: Mapping[str, int], level: str = "high") -> int:
+    """The width of :func:`pool_level`'s output for a backbone's ``out_channels``."""
+    return sum(out_channels[name] for name in LEVELS) if level == "all" else out_channels[level]
 
 
 def freeze(module: nn.Module) -> None:
@@ -56,18 +76,23 @@ class ClassifierHead(nn.Module):
 
 
 class VideoClassifier(nn.Module):
-    """Backbone -> pooled high feature -> :class:`ClassifierHead` (METHOD §5).
+    """Backbone -> pooled feature of ``level`` (default ``high``; :func:`pool_level`) ->
+    :class:`ClassifierHead` (METHOD §5).
 
     ``frozen=True`` is the linear probe: every backbone parameter has ``requires_grad=False``,
     the backbone runs under ``no_grad`` and stays in eval mode whatever ``.train()`` is called
     (BatchNorm statistics frozen); only the head trains. ``frozen=False`` is fine-tuning.
     """
 
-    def __init__(self, backbone: nn.Module, head: ClassifierHead, frozen: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, head: ClassifierHead, frozen: bool = False,
+                 level: str = "high") -> None:
         super().__init__()
+        if level not in PROBE_LEVELS:
+            raise ValueError(f"level must be one of {PROBE_LEVELS}, got {level!r}")
         self.backbone = backbone
         self.head = head
         self.frozen = frozen
+        self.level = level
         if frozen:
             freeze(backbone)
 
@@ -78,11 +103,11 @@ class VideoClassifier(nn.Module):
         return self
 
     def features(self, x: Tensor) -> Tensor:
-        """``(N, 3, T, H, W)`` clips -> ``(N, D)`` pooled high features."""
+        """``(N, 3, T, H, W)`` clips -> ``(N, D)`` pooled features of ``self.level``."""
         if self.frozen:
             with torch.no_grad():
-                return pool_high(self.backbone(x))
-        return pool_high(self.backbone(x))
+                return pool_level(self.backbone(x), self.level)
+        return pool_level(self.backbone(x), self.level)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, 3, T, H, W)`` clips -> ``(N, C)`` logits."""

@@ -137,6 +137,13 @@ RANDOM_INIT_BANNER = (
 )
 
 
+def pretraining_args(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The flags a ``train.py`` checkpoint was pretrained with (its ``"args"``; ``{}`` for a
+    plain state dict or a checkpoint without them)."""
+    saved = _read_checkpoint(path).get("args")
+    return dict(saved) if isinstance(saved, Mapping) else {}
+
+
 def build_eval_backbone(pretrained: str | None, net: str | None = None,
                         width: float | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The backbone an evaluation evaluates (METHOD §5) and a description of it (``net``,

@@ -23,9 +23,24 @@ def frame_index(x: torch.Tensor) -> torch.Tensor:
     return torch.round(red * 255 / 5).long()
 
 
+class IdentityLayout:
+    """A stand-in pretraining augmentation that keeps pixel values and frame size: the clip
+    ``frames[index]`` as it is, no colour draws (``color_augment`` then only normalises)."""
+
+    exact_color = False
+
+    @staticmethod
+    def geometric(frames: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return frames[index]
+
+    @staticmethod
+    def draw_color(frames: int) -> dict:
+        return {}
+
+
 def identity_layout(frames: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-    """A stand-in augmentation that keeps pixel values: the clip ``frames[index]`` (default all),
-    uint8 (T,3,H,W) -> float (3,T,H,W)."""
+    """The downstream stand-in: the clip ``frames[index]`` (default all), uint8 (T,3,H,W) ->
+    float (3,T,H,W), normalised."""
     clip = frames if index is None else frames[index]
     return ((clip.float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
             / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)).transpose(0, 1)
@@ -47,7 +62,7 @@ def test_pretrain_sample_shape_and_clip_layout(make_frame_folder, write_video_cs
     sample = dataset[0]
     assert sample.shape == (3, 3, 8, 16, 16) and sample.dtype == torch.float32
 
-    dataset.augment = identity_layout
+    dataset.augment = IdentityLayout()
     torch.manual_seed(0)
     for index in (0, 1, 0, 1):
         frames = frame_index(dataset[index])  # (n+1, T)
@@ -71,7 +86,7 @@ def test_corrupt_jpeg_is_skipped_counted_and_warned_once(make_frame_folder, writ
         handle.write(b"\xff\xd8 not a jpeg")
     dataset = PretrainDataset(write_video_csv("pre.csv", [("good", 9), ("bad", 9)]),
                               seq=4, sample=2, img_dim=16)
-    dataset.augment = identity_layout
+    dataset.augment = IdentityLayout()
     with pytest.warns(RuntimeWarning, match=r"pre\.csv, row 2\).*bad/image_00004\.jpg: corrupt JPEG"):
         sample = dataset[1]
     assert sample.shape == (3, 3, 4, 24, 32)  # the good video stood in

@@ -147,9 +147,9 @@ def test_linear_probe_learns_planted_separable_problem() -> None:
     train_x, train_y, test_x, test_y = x[:2000], y[:2000], x[2000:], y[2000:]
     seen = []
     head = ClassifierHead(32, 5, final_bn=True)
-    out = train_linear_probe(head, train_x, train_y, epochs=15, schedule=(10, 13), batch_size=256,
-                             on_epoch=lambda e, s, h: seen.append((e, s)))
-    assert out is head and not head.training
+    last = train_linear_probe(head, train_x, train_y, epochs=15, schedule=(10, 13), batch_size=256,
+                              on_epoch=lambda e, s, h: seen.append((e, s)))
+    assert last == seen[-1][1] and not head.training
     assert [e for e, _ in seen] == list(range(15))
     assert seen[0][1]["lr"] == 1.0 and seen[-1][1]["lr"] == pytest.approx(0.01)
     assert seen[-1][1]["loss"] < seen[0][1]["loss"]
@@ -157,8 +157,9 @@ def test_linear_probe_learns_planted_separable_problem() -> None:
     assert logits.shape == (1000, 1, 5)
     assert classification_metrics(logits, test_y)["top1"] > 95.0
     # Adam without BatchNorm learns it too
-    head = train_linear_probe(ClassifierHead(32, 5), train_x, train_y, optim="adam", lr=1e-2,
-                              weight_decay=0.0, epochs=15, schedule=(10,), batch_size=256)
+    head = ClassifierHead(32, 5)
+    train_linear_probe(head, train_x, train_y, optim="adam", lr=1e-2, weight_decay=0.0, epochs=15,
+                       schedule=(10,), batch_size=256)
     assert topk_accuracy(predict_features(head, test_x[:, None, :])[:, 0], test_y, (1,))[1] > 0.95
 
 

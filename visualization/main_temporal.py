@@ -7,7 +7,8 @@
    tell a clip (class 0) from its time-reversed copy (class 1); every batch holds both orders of
    every clip (``torch.flip`` on the time axis of the input clip).
 3. Report the temporal-order accuracy on ``--val_csv`` (``num_clips`` clips per video, each clip
-   and its reversed copy classified on its own).
+   and its reversed copy classified on its own); an accuracy within two standard errors of 50 %
+   is flagged (``at_chance``), and a training loss that diverges stops the run.
 4. For chosen validation videos, apply the head at every (t, h, w) of the high feature map (CAM),
    upsample to the clip's (T, H, W), normalise to [0, 1] per clip, and write heat-map overlays:
    ``cam/<index>_<video>.png`` (rows: frames / class-0 overlay of the normal clip / reversed
@@ -38,10 +39,13 @@ from torch import nn
 
 from datasets.temporal_order import OrderClipDataset, OrderPairs
 from engine import cli
+from engine.launch import UsageError, launch
 from engine.features import extract
 from engine.loader import make_loader
-from engine.probe import assert_state_unchanged, check_only_head_trains, order_accuracy, order_logits, \
-    state_snapshot
+from engine.metrics import chance_level
+from engine.probe import (
+    DivergenceGuard, assert_state_unchanged, check_only_head_trains, order_accuracy, order_logits, state_snapshot,
+)
 from engine.supervised import train_one_epoch
 from models import RANDOM_INIT_BANNER, VideoClassifier, build_eval_backbone
 from utils import runtime
@@ -99,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """The probe's own checks (``ValueError`` with one message)."""
+    """The probe's own checks (``ValueError`` with one message); fills ``--seq`` / ``--img_dim``."""
+    cli.fill_clip_size(args)
     cli.check_at_least(args, 1, "gif_ms")
     cli.check_at_least(args, 0, "epochs", "num_vis")
     cli.require(0.0 <= args.alpha <= 1.0, f"--alpha must be in [0, 1], got {args.alpha}")
@@ -121,6 +126,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
         logger.print(RANDOM_INIT_BANNER)
     logger.print(f"backbone: {described['net']} width {described['width']} ({described['init']}"
                  + (f" from {args.pretrained})" if args.pretrained else ")") + f" on {device}")
+    logger.print(cli.clip_size_line(args))
     head = nn.Linear(backbone.out_channels["high"], 2, bias=False)
     model = VideoClassifier(backbone, head, frozen=True).to(device)  # type: ignore[arg-type]
 
@@ -131,7 +137,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
     vis = list(range(min(args.num_vis, len(val_set)))) if args.videos is None else list(args.videos)
     bad = [i for i in vis if not 0 <= i < len(val_set)]
     if bad:
-        raise cli.UsageError(f"--videos {bad}: {args.val_csv} has {len(val_set)} videos (rows 0..{len(val_set) - 1})")
+        raise UsageError(f"--videos {bad}: {args.val_csv} has {len(val_set)} videos (rows 0..{len(val_set) - 1})")
 
     optimizer = build_optimizer([{"params": head.parameters()}], args.optim, args.lr, args.wd)
     check_only_head_trains(model, head, optimizer)
@@ -141,12 +147,14 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
                                order="shuffle", seed=args.seed)
     stats: dict[str, float] = {}
     skipped_train = 0
+    guard = DivergenceGuard(2, what="temporal-order probe")
     for epoch in range(args.epochs):
         lr = apply_step_schedule(optimizer, args.lr, epoch, args.schedule)
         stats = train_one_epoch(model, OrderPairs(train_loader), optimizer, scaler, device,
                                 amp_dtype, show_progress=show, desc=f"epoch {epoch}")
         skipped_train += stats["skipped_videos"]
         logger.log_epoch({"epoch": epoch, "lr": lr, **stats})
+        guard.check(epoch, stats["loss"], lr)
     assert_state_unchanged(backbone, snapshot)
     model.eval()
     torch.save({"weight": head.weight.detach().cpu(), "backbone": described}, out / "probe_head.pt")
@@ -165,9 +173,15 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
         "skipped_videos_train": skipped_train, "skipped_videos_val": skipped_val,
         "backbone_unchanged": True,  # assert_state_unchanged above raises otherwise
     }
+    accuracy = metrics["temporal_order_acc"]
+    metrics.update(chance_level(accuracy, 2, len(val_set)), seq=args.seq, img_dim=args.img_dim)
     logger.print(f"temporal-order accuracy on {len(val_set)} val videos x {args.num_clips} clips "
                  f"x 2 orders: {metrics['temporal_order_acc']:.2f}% (chance 50%); "
                  f"skipped_videos={metrics['skipped_videos']}")
+    if metrics["at_chance"]:
+        logger.print(f"WARNING: {accuracy:.1f} % is within two standard errors of chance (50 %) on "
+                     f"{len(val_set)} videos: the features tell nothing of the order of time here; "
+                     "the heat maps show no motion cue")
 
     if vis:
         vis_set = OrderClipDataset(args.val_csv, args.seq, args.img_dim, train=False, ds=args.ds,
@@ -182,13 +196,14 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and check the flags; a bad combination exits with one message."""
+    """Parse and check the flags (a bad combination exits with one message); ``--seq`` /
+    ``--img_dim`` default to the ``--pretrained`` checkpoint's pretraining values."""
     return cli.parse_checked(build_parser(), argv, check_args)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point; returns the metrics written to ``metrics.json``."""
-    return cli.launch(PROG, run, parse_args(argv))
+    return launch(PROG, run, parse_args(argv))
 
 
 if __name__ == "__main__":
