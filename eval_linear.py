@@ -1,4 +1,4 @@
-"""Linear probe of a frozen pretrained backbone, with kNN and retrieval (METHOD §5, CoCLR's protocol).
+"""Linear probe of a frozen pretrained backbone, with kNN and retrieval (docs/method.md §5, CoCLR's protocol).
 
 The backbone of a train.py checkpoint (--pretrained; net and width from its model_config) is frozen
 and kept in eval mode (BatchNorm statistics frozen); only the head trains:
@@ -24,7 +24,7 @@ Training the head:
 A training loss that becomes non-finite or climbs far above where it started stops the run with an
 error (a diverged head's accuracy is not a result); a top-1 within two standard errors of chance
 is flagged in the log and in metrics.json (at_chance).
---probe_level: the pooled feature the head, kNN and retrieval read: high (METHOD §5), mid, low, or
+--probe_level: the pooled feature the head, kNN and retrieval read: high (docs/method.md §5), mid, low, or
 all three concatenated.
 --seq / --img_dim default to the checkpoint's pretraining values (the log says which were used).
 Test: --num_clips clips over each video x centre crop (or --ten_crop); softmax averaged per
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.new_parser(PROG, __doc__)
     cli.add_downstream_args(parser, "args.json, log.jsonl, TensorBoard events (tb/) and metrics.json",
                             distributed=False, resume=False)
-    probe = parser.add_argument_group("linear probe (METHOD §5)")
+    probe = parser.add_argument_group("linear probe (docs/method.md §5)")
     probe.add_argument("--cache_features", action=argparse.BooleanOptionalAction, default=True,
                        help="extract features once and train the head on the cached tensors; "
                             "--no-cache_features trains end to end through the frozen backbone")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs at which the lr is divided by 10")
     probe.add_argument("--feature_batch_size", type=int, default=1024,
                        help="cached mode: feature rows per head-training step")
-    other = parser.add_argument_group("kNN and retrieval (METHOD §5)")
+    other = parser.add_argument_group("kNN and retrieval (docs/method.md §5)")
     other.add_argument("--knn", type=int, default=0, metavar="K",
                        help="also report the top-1 of a cosine K-nearest-neighbour classifier (0 = off)")
     other.add_argument("--knn_temperature", type=float, default=0.07,
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
     device = info.device
     amp_dtype = resolve_amp(args.amp, device)
     runtime.seed_everything(args.seed)
-    out = prepare_output_dir(args.output_dir, args)
+    out = prepare_output_dir(args.output_dir, args, fresh=True)  # no resume: nothing of an earlier run stays
     logger = RunLogger(out, enabled=True, purge_step=0)
     logger.truncate_log(0)  # a rerun in the same --output_dir starts a fresh log
     show = not args.no_progress
@@ -291,7 +291,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
         metrics.update(train_loss=train["loss"], train_top1=train["train_top1"])
         metrics.update(classification_metrics(predict_features(model.head, test_x, device), test_y))
         metrics.update(chance_level(metrics["top1"], num_classes, len(test_set)))
-    if args.knn or args.retrieval:  # video features = clip features averaged (METHOD §5)
+    if args.knn or args.retrieval:  # video features = clip features averaged (docs/method.md §5)
         test_videos, gallery_videos = test_x.mean(1).to(device), gallery_x.mean(1).to(device)
     if args.knn:
         votes = knn_scores(gallery_videos, gallery_y, test_videos, args.knn, num_classes,

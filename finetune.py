@@ -1,4 +1,4 @@
-"""Full fine-tuning of a pretrained backbone for action recognition (METHOD §5, CoCLR's protocol).
+"""Full fine-tuning of a pretrained backbone for action recognition (docs/method.md §5, CoCLR's protocol).
 
 The whole network trains: backbone (from --pretrained: net and width from the checkpoint's
 model_config) -> time/space-pooled high feature -> dropout (--dropout) -> linear classifier; the
@@ -50,7 +50,7 @@ from datasets.downstream import ClipDataset
 from engine import cli
 from engine.launch import launch
 from engine.checkpointing import (
-    read_training_checkpoint, restore_training_state, save_epoch_checkpoints, training_state,
+    check_same_files, read_training_checkpoint, restore_training_state, save_epoch_checkpoints, training_state,
 )
 from engine.features import eval_batch_size, extract, gather_shards, shard_indices, sum_over_ranks
 from engine.loader import make_loader, start_epoch
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.new_parser(PROG, __doc__)
     cli.add_downstream_args(parser, "args.json, log.jsonl, TensorBoard events (tb/), checkpoints and "
                             "metrics.json", distributed=True, resume=True)
-    ft = parser.add_argument_group("fine-tuning (METHOD §5)")
+    ft = parser.add_argument_group("fine-tuning (docs/method.md §5)")
     ft.add_argument("--dropout", type=float, default=0.5, help="dropout before the linear classifier")
     ft.add_argument("--final_bn", action="store_true", help="BatchNorm1d on the pooled feature before dropout")
     ft.add_argument("--optim", default="adam", choices=OPTIMIZERS, help="optimiser (SGD: momentum 0.9)")
@@ -108,14 +108,17 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
         torch.backends.cudnn.benchmark = True
     amp_dtype = resolve_amp(args.amp, device)
     out = Path(args.output_dir)
-    if main_proc:
-        prepare_output_dir(out, args)
-        remove_stale_temps(out)
     show = main_proc and not args.no_progress
 
     resume = cli.resume_path(args)
     ckpt = read_training_checkpoint(resume) if resume else None
+    if ckpt is not None and args.resume == "auto":  # a rerun into the folder: the same backbone and data
+        check_same_files(ckpt, resume, {"pretrained": args.pretrained, "train_csv": args.train_csv,
+                                        "val_csv": args.val_csv})
     first_epoch = int(ckpt["epoch"]) if ckpt is not None else 0
+    if main_proc:  # after the resume check: a refused run leaves the folder's args.json as it was
+        remove_stale_temps(out)
+        prepare_output_dir(out, args, fresh=ckpt is None)
     # TensorBoard steps are epochs: hide (and drop from log.jsonl) what an earlier attempt wrote
     # after the checkpoint we restart from.
     logger = RunLogger(out, enabled=main_proc, purge_step=first_epoch)
@@ -193,13 +196,14 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
         record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, **stats}
         if args.eval_freq and (epoch + 1) % args.eval_freq == 0 and epoch + 1 < args.epochs:
             record.update({f"val_{k}": v for k, v in evaluate().items()})
-        if main_proc:
+        if main_proc:  # log first: a kill before the checkpoint lands reruns the epoch, whose line is then replaced
+            logger.scalars("train", {k: v for k, v in record.items() if k not in ("epoch", "step")}, epoch)
+            logger.log_epoch(record)
+            logger.flush()
             state = training_state(model=model, optimizer=optimizer, scaler=scaler, next_epoch=epoch + 1,
                                    step=step, args=to_jsonable(args), model_config=config)
             save_epoch_checkpoints(state, out, args.epochs, args.save_every)
             del state
-            logger.scalars("train", {k: v for k, v in record.items() if k not in ("epoch", "step")}, epoch)
-            logger.log_epoch(record)
         guard.check(epoch, stats["loss"], lr)
 
     result = evaluate()

@@ -1,4 +1,4 @@
-"""Self-supervised multi-level pretraining (Qian et al., ICCV 2021; METHOD.md §1–§4).
+"""Self-supervised multi-level pretraining (Qian et al., ICCV 2021; docs/method.md §1–§4).
 
     python train.py --csv_file kinetics.csv --output_dir runs/k400              # 1 GPU or CPU
     python train.py ... --multiprocessing-distributed                           # all GPUs here
@@ -6,7 +6,7 @@
 
 One code path for all of them (nanoGPT style): parse flags -> build data, model, objective,
 optimizer (-> resume) -> epoch loop. The plumbing lives in ``engine/``; see ``python train.py -h``
-and the README section "Pretraining".
+and docs/pretraining.md.
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ import torch
 from engine import cli
 from engine.launch import launch
 from engine.checkpointing import (
-    check_matches, read_training_checkpoint, restore_training_state, save_epoch_checkpoints, training_state,
+    check_matches, check_same_files, read_training_checkpoint, restore_training_state, save_epoch_checkpoints, training_state,
 )
 from engine.loader import make_loader, start_epoch
-from engine.pretrain import StepGuard, final_metrics, train_one_epoch
+from engine.pretrain import EpochResult, StepGuard, final_metrics, train_one_epoch
 from losses.objective import add_loss_args, loss_args_error
 from utils import runtime
 from utils.amp import make_scaler, resolve_amp
@@ -55,14 +55,14 @@ epochs and at the end), metrics.json (at the end). Rerunning the same command co
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.new_parser(PROG, __doc__.split("\n\n")[0], EPILOG)
-    d = cli.add_data_args(p, "data (METHOD §1)", {
+    d = cli.add_data_args(p, "data (docs/method.md §1)", {
         "--csv_file": "CSV of the training videos, rows 'path,num_frames' (required)"}, required=False)
     d.add_argument("--color_strength", type=float, default=1.0,
-                   help="multiplier of the per-frame colour-jitter strengths of METHOD §1 (1 = brightness/"
+                   help="multiplier of the per-frame colour-jitter strengths of docs/method.md §1 (1 = brightness/"
                         "contrast/saturation 0.5, hue 0.25; 0 = none). Lower it for tiny inputs: see "
                         "docs/demo.md")
     d.add_argument("--grayscale_p", type=float, default=0.5,
-                   help="per-frame probability of the random grayscale of METHOD §1")
+                   help="per-frame probability of the random grayscale of docs/method.md §1")
     d.add_argument("--gpu_augment", action="store_true",
                    help="colour jitter/grayscale/normalisation run batched on the training device; the loader only "
                         "decodes, crops, resizes, flips (and draws the colour factors: same random numbers as "
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision's colour maths (HSV hue, a clamp after every op) instead of the default fast "
                         "kernel (one 3x3 affine map per frame, same draws; docs/performance.md gives the "
                         "difference); several times slower")
-    c = cli.add_clip_args(p, "clips (METHOD §1)")
+    c = cli.add_clip_args(p, "clips (docs/method.md §1)")
     c.add_argument("--sample", type=int, default=2, help="local clips drawn from each video, n >= 2")
     c.add_argument("--rate", type=float, default=3.0, help="upper bound of the frame-rate factor r ~ U(1, rate)")
 
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--channel", type=int, default=128, help="output width of every head")
     m.add_argument("--cluster", type=int, default=1000, help="number of prototypes K for Sinkhorn clustering")
 
-    o = p.add_argument_group("optimisation (METHOD §4)")
+    o = p.add_argument_group("optimisation (docs/method.md §4)")
     cli.add_batch_arg(o, True, 64, "videos per batch per process")
     cli.add_epochs_arg(o, True, 100, "total pretraining epochs")
     o.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
@@ -116,11 +116,11 @@ def check_args(args: argparse.Namespace) -> None:
     req = cli.require
     req(args.csv_file is not None, "--csv_file is required: a CSV of 'path,num_frames' rows (see -h)")
     req(args.sample >= 2, f"--sample {args.sample}: need at least 2 local clips per video (the positives of a "
-        "clip are the other clips of its video, METHOD §3.1)")
+        "clip are the other clips of its video, docs/method.md §3.1)")
     cli.check_at_least(args, 1, "epoch", "cluster", "channel", "log_every")
     cli.check_at_least(args, 0, "split", "lr_decay", "max_bad_steps")
     req(args.seq >= 2, f"--seq {args.seq}: a clip needs at least 2 frames (motion excitation and reversal, "
-        "METHOD §2)")
+        "docs/method.md §2)")
     req(args.color_strength >= 0 and 0 <= args.grayscale_p <= 1,
         f"--color_strength {args.color_strength} / --grayscale_p {args.grayscale_p}: need a strength >= 0 "
         "and a probability in [0, 1]")
@@ -162,13 +162,10 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
         torch.backends.cudnn.benchmark = True
         # TF32 for the convolutions (cuDNN's default); the matmuls stay float32: under autocast
         # the model's are bf16 anyway, and the rest are the objective's similarities and Sinkhorn,
-        # where a 10-bit mantissa divided by tau = 0.07 or eps = 0.05 is not METHOD §3's maths
+        # where a 10-bit mantissa divided by tau = 0.07 or eps = 0.05 is not docs/method.md §3's maths
         torch.backends.cudnn.allow_tf32 = True
     amp_dtype = resolve_amp(args.amp, device)
     out_dir, removed = Path(args.output_dir), []
-    if main_proc:
-        prepare_output_dir(out_dir, args)
-        removed = remove_stale_temps(out_dir)
 
     # -- data, model, objective, optimiser
     dataset = PretrainDataset(args.csv_file, seq=args.seq, sample=args.sample, img_dim=args.img_dim,
@@ -179,7 +176,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
                          seed=args.seed, batch_flag="--train_batch")
     # channels_last_3d on every device: the oneDNN (CPU) and cuDNN convolutions are faster in it
     # (CPU, 2 threads: 1.09-1.21x per step at 16x112^2, 1.03-1.37x at the demo's sizes on three
-    # CPUs; scripts/bench_step.py --compare, README "Performance").
+    # CPUs; scripts/bench_step.py --compare, docs/performance.md).
     model = build_model(net=args.net, width=args.width, channel=args.channel, cluster=args.cluster)
     model = model.to(device, memory_format=torch.channels_last_3d)
     objective = MultiLevelObjective.from_args(args).to(device)
@@ -192,6 +189,8 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
     if resume_path is not None:
         ckpt = read_training_checkpoint(resume_path)
         check_matches(ckpt, resume_path, {**model.config, "sample": args.sample})
+        if args.resume == "auto":  # a rerun into the folder: the same data (an explicit --resume may switch)
+            check_same_files(ckpt, resume_path, {"csv_file": args.csv_file})
         first_epoch, step = restore_training_state(ckpt, resume_path, model=model, optimizer=optimizer,
                                                    scaler=scaler, restore_rng=main_proc)
         for group in optimizer.param_groups:  # the current --wd wins; the schedule sets the lr
@@ -199,6 +198,9 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
         if ckpt.get("objective"):
             objective.load_checkpoint_state(ckpt["objective"])
         del ckpt
+    if main_proc:  # after the resume checks: a refused run leaves the folder's args.json as it was
+        removed = remove_stale_temps(out_dir)
+        prepare_output_dir(out_dir, args, fresh=resume_path is None)
     # TensorBoard: hide what an interrupted attempt logged after the checkpoint (its last step,
     # ``step``, holds the finished epoch's scalars and stays); a fresh start hides everything
     logger = RunLogger(out_dir, enabled=main_proc, purge_step=step + 1 if resume_path else 0)
@@ -243,18 +245,24 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
 
     # -- the end
     metrics = None
-    if main_proc and result is None:
-        logger.print(f"nothing to do: {resume_path} already holds {first_epoch} of --epoch {args.epoch} epochs")
-        metrics_path = out_dir / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-    elif main_proc:
-        metrics = final_metrics(
-            result, logger.read_log(), epochs_done=args.epoch, seconds=round(time.perf_counter() - t_run, 3),
-            world_size=info.world_size, global_batch=args.train_batch * info.world_size, device=str(device),
-            amp=str(amp_dtype), checkpoint=str(out_dir / numbered_name(args.epoch)), torch=torch.__version__)
-        write_json(out_dir / "metrics.json", metrics)
-        loss = "n/a (no finite step in the last epoch)" if metrics["loss"] is None else f"{metrics['loss']:.4f}"
-        logger.print(f"done: {args.epoch} epochs, loss {loss}, outputs in {out_dir}")
+    if main_proc:
+        metrics_path, history = out_dir / "metrics.json", logger.read_log()
+        if result is None:
+            logger.print(f"nothing to do: {resume_path} already holds {first_epoch} of --epoch {args.epoch} epochs")
+        if result is None and metrics_path.exists():
+            metrics = json.loads(metrics_path.read_text())
+        elif result is not None or history:
+            # a run killed after its last checkpoint and before metrics.json: rebuilt from log.jsonl
+            # (written before the checkpoint), without this invocation's wall time
+            metrics = final_metrics(
+                result if result is not None else EpochResult.from_record(history[-1]), history,
+                epochs_done=args.epoch, seconds=None if result is None else round(time.perf_counter() - t_run, 3),
+                world_size=info.world_size, global_batch=args.train_batch * info.world_size, device=str(device),
+                amp=str(amp_dtype), checkpoint=str(out_dir / numbered_name(args.epoch)), torch=torch.__version__)
+            write_json(metrics_path, metrics)
+            loss = "n/a (no finite step in the last epoch)" if metrics["loss"] is None else f"{metrics['loss']:.4f}"
+            logger.print(f"{'done' if result is not None else 'wrote the missing metrics.json'}: "
+                         f"{args.epoch} epochs, loss {loss}, outputs in {out_dir}")
     logger.close()
     return metrics
 

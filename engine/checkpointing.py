@@ -2,12 +2,13 @@
 
 A training checkpoint is one dict (``utils/checkpoint.py`` writes and reads it):
 ``{"model", "model_config", "optimizer", "scaler", "epoch", "step", "args", "rng", "version"}``
-plus what the script adds (``train.py``: the objective's score queue, METHOD §3.4). ``epoch``
+plus what the script adds (``train.py``: the objective's score queue, docs/method.md §3.4). ``epoch``
 is the next epoch to run. ``checkpoint_last.pth`` is written after every epoch and
-``checkpoint_NNNN.pth`` every ``--save_every`` epochs and at the end.
+``checkpoint_NNNN.pth`` every ``--save_every`` epochs and at the end, before it.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,16 @@ def training_state(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def save_epoch_checkpoints(state: dict[str, Any], out_dir: Path, total_epochs: int, save_every: int) -> None:
-    """Write ``state`` (after ``state["epoch"]`` epochs) as ``checkpoint_last.pth`` and, every
-    ``save_every`` epochs and after the last one, as ``checkpoint_NNNN.pth`` (global rank 0)."""
+    """Write ``state`` (after ``state["epoch"]`` epochs) as ``checkpoint_NNNN.pth`` every
+    ``save_every`` epochs and after the last one, then as ``checkpoint_last.pth`` (global rank 0).
+
+    The numbered file comes first: a run killed between the two resumes from the previous
+    ``checkpoint_last.pth``, reruns the epoch and writes both, so every numbered checkpoint the
+    flags ask for exists once ``checkpoint_last.pth`` has passed its epoch."""
     done = int(state["epoch"])
-    save_checkpoint(state, out_dir / LAST_NAME)
     if (save_every and done % save_every == 0) or done == total_epochs:
         save_checkpoint(state, out_dir / numbered_name(done))
+    save_checkpoint(state, out_dir / LAST_NAME)
 
 
 def read_training_checkpoint(path: str) -> dict[str, Any]:
@@ -74,6 +79,25 @@ def check_matches(ckpt: dict[str, Any], path: str, expected: dict[str, Any]) -> 
         lines = ", ".join(f"{k}: checkpoint {a!r} vs flags {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(f"checkpoint {path} does not match the flags ({lines}); use the run's "
                               "flags (see its args.json) or another --output_dir")
+
+
+def check_same_files(ckpt: dict[str, Any], path: str, expected: dict[str, str | None]) -> None:
+    """Refuse (``CheckpointError``) to continue a run whose file flags (``name -> current value``:
+    the data, the pretrained backbone) name other files than the checkpoint's ``args``: its results
+    would mean something else. Paths are compared resolved; a name the checkpoint lacks is not
+    compared."""
+    saved = ckpt.get("args") or {}
+
+    def resolved(value: str | None) -> str | None:
+        return None if value is None else os.path.realpath(value)
+
+    diff = {k: (saved[k], v) for k, v in expected.items() if k in saved and resolved(saved[k]) != resolved(v)}
+    if diff:
+        lines = ", ".join(f"--{k} {b!r}, the run's {a!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(
+            f"{path} belongs to a run with other inputs ({lines}): continuing it would mix two runs. "
+            "Rerun with the run's flags (its args.json), or start the new run in another --output_dir "
+            "(or delete this one)")
 
 
 def restore_training_state(ckpt: dict[str, Any], path: str, *, model: torch.nn.Module,

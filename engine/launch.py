@@ -8,7 +8,8 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from engine.probe import ProbeDiverged
 from models import BackboneLoadError
 from utils import runtime
 from utils.checkpoint import LAST_NAME, CheckpointError
+from utils.output_lock import OutputDirBusy, hold_output_dir
 
 
 class UsageError(ValueError):
@@ -98,9 +100,29 @@ def _spawned(local_rank: int, prog: str, run: Callable, args: argparse.Namespace
     run_process(prog, run, args)
 
 
+@contextmanager
+def owned_output_dir(prog: str, output_dir: str) -> Iterator[None]:
+    """Hold ``output_dir``'s lock (:mod:`utils.output_lock`) for the block: in this process, or
+    under a launcher only in global rank 0. A folder that another live run holds, or that cannot
+    be created, ends the run with one line."""
+    stack = ExitStack()
+    if runtime.launched_world_size() is None or os.environ.get("RANK", "0") == "0":
+        try:
+            stack.enter_context(hold_output_dir(output_dir))
+        except OutputDirBusy as err:
+            raise SystemExit(f"{prog}: error: {err}") from None
+        except OSError as err:
+            raise SystemExit(f"{prog}: error: cannot write to --output_dir {output_dir}: "
+                             f"{err.strerror or err}") from None
+    with stack:
+        yield
+
+
 def launch(prog: str, run: Callable[[argparse.Namespace, runtime.DistInfo], Any],
            args: argparse.Namespace) -> Any:
-    """Run ``run(args, info)`` in every process of the job and return rank 0's result.
+    """Run ``run(args, info)`` in every process of the job and return rank 0's result, holding
+    ``--output_dir`` for the whole run (:func:`owned_output_dir`): a second run into the same
+    folder refuses to start.
 
     - under a launcher (``torchrun``, Slurm ``srun`` with the ``env://`` variables): this process
       is one rank (``--multiprocessing-distributed`` is then ignored, with a warning);
@@ -109,6 +131,12 @@ def launch(prog: str, run: Callable[[argparse.Namespace, runtime.DistInfo], Any]
       ``--output_dir/metrics.json``;
     - else one process.
     """
+    with owned_output_dir(prog, args.output_dir):
+        return _launch(prog, run, args)
+
+
+def _launch(prog: str, run: Callable[[argparse.Namespace, runtime.DistInfo], Any],
+            args: argparse.Namespace) -> Any:
     spawn = getattr(args, "multiprocessing_distributed", False)
     if spawn and runtime.launched_world_size() is None:
         nproc = runtime.num_spawn(args.device, args.nproc)

@@ -1,4 +1,4 @@
-"""The pretraining epoch: the optimisation step (METHOD §2 "prototype rows renormalised /
+"""The pretraining epoch: the optimisation step (docs/method.md §2 "prototype rows renormalised /
 gradients dropped in epoch 0", §4 Adam + step decay), non-finite-loss skipping, per-step and
 per-epoch statistics, and the run's ``metrics.json``.
 
@@ -74,10 +74,25 @@ class EpochResult:
                "loss": self.parts.get("total", float("nan"))}
         rec.update({k: v for k, v in self.parts.items() if k != "total"})
         rec.update(steps=self.steps, non_finite_steps=self.bad_steps, seconds=round(self.seconds, 3),
-                   clips_per_s=self.clips_per_s, data_wait_frac=self.data_wait_frac,
+                   clips_per_s=self.clips_per_s, videos_per_s=self.videos_per_s,
+                   data_wait_frac=self.data_wait_frac,
                    distinct_pseudo_labels=self.distinct_pseudo_labels,
                    skipped_samples=self.skipped_samples)
         return rec
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> EpochResult:
+        """The epoch a ``log.jsonl`` line (:meth:`record`) describes."""
+        fixed = {"epoch", "step", "lr", "loss", "steps", "non_finite_steps", "seconds", "clips_per_s",
+                 "videos_per_s", "data_wait_frac", "distinct_pseudo_labels", "skipped_samples"}
+        parts = {"total": record["loss"], **{k: v for k, v in record.items() if k not in fixed}}
+        return cls(epoch=record["epoch"], step=record["step"], lr=record["lr"], parts=parts,
+                   steps=record.get("steps", 0), bad_steps=record.get("non_finite_steps", 0),
+                   seconds=record.get("seconds", 0.0), clips_per_s=record.get("clips_per_s", 0.0),
+                   videos_per_s=record.get("videos_per_s", 0.0),
+                   data_wait_frac=record.get("data_wait_frac", 0.0),
+                   distinct_pseudo_labels=record.get("distinct_pseudo_labels", 0),
+                   skipped_samples=record.get("skipped_samples", 0))
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -103,7 +118,7 @@ def train_one_epoch(
     exact_color: bool = False,
     show_progress: bool = True,
 ) -> EpochResult:
-    """One pass over ``loader`` (METHOD §2–§4).
+    """One pass over ``loader`` (docs/method.md §2–§4).
 
     Per step: renormalise the prototype rows; forward under one autocast context (graph heads
     only when ``objective.needs_graph(epoch)``); backward; drop the prototype gradients in epoch
@@ -112,7 +127,7 @@ def train_one_epoch(
     score queue restored to its state before the step) and counted by ``guard``; else
     ``optimizer.step()``. ``num_clips`` = clips per video (``n + 1``) for the clips/s figure.
     ``color_on_device`` (``--gpu_augment``): the loader yields uint8 clips and their colour draws
-    (``PretrainDataset(color_on_device=True)``); the METHOD §1 colour part then runs here on the
+    (``PretrainDataset(color_on_device=True)``); the docs/method.md §1 colour part then runs here on the
     whole batch, on ``info.device``, as it moves there (:func:`color_augment_batch`; ``exact_color``:
     torchvision's maths instead of the fast kernel).
     ``show_progress``: a progress bar on the main process.

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from utils.checkpoint import atomic_write_bytes
+from utils.checkpoint import atomic_write_bytes, remove_stale_temps
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -40,10 +40,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
-def prepare_output_dir(path: str | os.PathLike, args: argparse.Namespace | Mapping) -> Path:
-    """Create ``path`` (parents too) and write the run's configuration to ``path/args.json``."""
+def prepare_output_dir(path: str | os.PathLike, args: argparse.Namespace | Mapping, fresh: bool = False) -> Path:
+    """Create ``path`` (parents too) and write the run's configuration to ``path/args.json``.
+
+    ``fresh`` (a run that starts over rather than resume): first delete an earlier run's
+    ``metrics.json`` and the temp files of writes that were killed, so that no result of another
+    run stands beside the new ``args.json``."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        (out / "metrics.json").unlink(missing_ok=True)
+        remove_stale_temps(out)
     write_json(out / "args.json", args)
     return out
 

@@ -1,4 +1,4 @@
-"""Temporal-order probe and CAM heat maps of a pretrained backbone (METHOD.md §5, last item).
+"""Temporal-order probe and CAM heat maps of a pretrained backbone (docs/method.md §5, last item).
 
 1. Load the backbone of a ``train.py`` checkpoint (``--pretrained``; without it the backbone is
    randomly initialised, said loudly and recorded as ``"init": "random"``), freeze it (eval mode,
@@ -56,7 +56,7 @@ from visualization.cam import draw_heat_maps
 
 PROG = "python -m visualization.main_temporal"
 DESCRIPTION = (
-    "Temporal-order probe and CAM heat maps (METHOD §5). Freezes the backbone of a pretraining "
+    "Temporal-order probe and CAM heat maps (docs/method.md §5). Freezes the backbone of a pretraining "
     "checkpoint, trains a bias-free linear head (high-level width -> 2) on the pooled high-level "
     "feature to tell a clip (class 0) from its time-reversed copy (class 1), reports the accuracy "
     "on --val_csv, then applies the head at every (t,h,w) of the high feature map of chosen "
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
     amp_dtype = resolve_amp(args.amp, device)
     runtime.seed_everything(args.seed)
     show = not args.no_progress
-    out = prepare_output_dir(args.output_dir, args)
+    out = prepare_output_dir(args.output_dir, args, fresh=True)  # no resume: nothing of an earlier run stays
     logger = RunLogger(out)
     logger.truncate_log(0)  # no resume: a rerun in the same folder starts a fresh log.jsonl
 
