@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Installed before requirements.txt; override on a cluster, e.g. TORCH_SPEC="torch torchvision".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo demo-real bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: install
 
 demo: install
 	$(PY) scripts/demo.py --output_dir runs/demo
+
+demo-real: install
+	$(PY) scripts/demo_real.py --output_dir runs/demo_real
 
 bench: install
 	$(PY) scripts/bench_objective.py --quick

@@ -1,4 +1,4 @@
-"""Data: CSV reading/validation, frame folders, clip sampling and transforms (METHOD §1)."""
+"""Data: CSV reading/validation, frame folders, clip sampling and transforms (docs/method.md §1)."""
 
 from datasets.base import SkipCounting
 from datasets.csv_io import CsvError, read_video_csv

@@ -1,6 +1,6 @@
 """Shared machinery of the frame-folder datasets: the CSV, and the corrupt-frame policy.
 
-A long run must not die on one bad JPEG (METHOD §1 data sets hold hundreds of thousands of
+A long run must not die on one bad JPEG (docs/method.md §1 data sets hold hundreds of thousands of
 videos). When a sample meets a :class:`~datasets.frames.FrameError` (missing folder, missing
 frame — e.g. a CSV frame count larger than the frames on disk — or a corrupt JPEG; for a video
 file: missing, empty, not a video, truncated, corrupt, an unsupported codec, or fewer decodable

@@ -1,4 +1,4 @@
-"""Per-frame colour draws and torchvision's colour maths, vectorised (METHOD §1).
+"""Per-frame colour draws and torchvision's colour maths, vectorised (docs/method.md §1).
 
 :func:`draw_color_params` draws a clip's per-frame factors from the global CPU torch RNG;
 :func:`channel_grayscale`, :func:`jitter_` and :func:`normalize` apply them with torchvision's
@@ -36,7 +36,7 @@ the clips they belong to (``(T,)`` for a clip, ``(B, n+1, T)`` for a batch): flo
 def draw_color_params(frames: int, brightness: float = 0.5, contrast: float = 0.5,
                       saturation: float = 0.5, hue: float = 0.25,
                       grayscale_p: float = 0.5) -> ColorParams:
-    """Draw one clip's per-frame colour factors (METHOD §1) from the global CPU torch RNG.
+    """Draw one clip's per-frame colour factors (docs/method.md §1) from the global CPU torch RNG.
 
     Brightness/contrast/saturation factors ``~ U(max(0, 1-s), 1+s)``, hue shift ``~ U(-h, h)``,
     then the grayscale channel ``~ randint(0, 3)`` and the grayscale decision ``rand < p``, in
@@ -100,7 +100,7 @@ def _shift_hue_(x: torch.Tensor, shift: torch.Tensor) -> None:
 
 
 def jitter_(x: torch.Tensor, params: ColorParams, scale: float = 1.0) -> None:
-    """Per-frame colour jitter (METHOD §1) of contiguous float frames ``(N, 3, H, W)``, in place.
+    """Per-frame colour jitter (docs/method.md §1) of contiguous float frames ``(N, 3, H, W)``, in place.
 
     ``x * scale`` must lie in ``[0, 1]`` (``scale = 1/255`` turns uint8 values into that range
     inside the brightness step, saving a pass). ``params``: :data:`ColorParams` with ``N``
@@ -148,7 +148,7 @@ def _jitter_chunk_(x: torch.Tensor, params: ColorParams, scale: float) -> None:
 
 
 def channel_grayscale(x: torch.Tensor, params: ColorParams) -> torch.Tensor:
-    """Per-frame channel "grayscale" (METHOD §1) of frames ``(..., 3, H, W)`` of any dtype.
+    """Per-frame channel "grayscale" (docs/method.md §1) of frames ``(..., 3, H, W)`` of any dtype.
 
     ``params``: :data:`ColorParams` whose ``gray``/``gray_channel`` are shaped like the frame
     dimensions ``(...)``; every chosen frame gets its chosen channel copied to all three. One
@@ -166,7 +166,7 @@ def channel_grayscale(x: torch.Tensor, params: ColorParams) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet mean/std (METHOD §1): float ``(..., T, 3, H, W)`` in ``[0, 1]`` → contiguous
+    """ImageNet mean/std (docs/method.md §1): float ``(..., T, 3, H, W)`` in ``[0, 1]`` → contiguous
     ``(..., 3, T, H, W)``, in one subtraction into the transposed output and one in-place scale."""
     lead, frames, (height, width) = x.shape[:-4], x.shape[-4], x.shape[-2:]
     out = x.new_empty((*lead, 3, frames, height, width))
@@ -180,7 +180,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------ per clip
 def color_jitter_per_frame(x: torch.Tensor, brightness: float = 0.5, contrast: float = 0.5,
                            saturation: float = 0.5, hue: float = 0.25) -> torch.Tensor:
-    """Colour jitter with factors drawn independently for every frame (METHOD §1).
+    """Colour jitter with factors drawn independently for every frame (docs/method.md §1).
 
     ``x`` is float ``(T, 3, H, W)`` in ``[0, 1]`` (left unchanged); draws as
     :func:`draw_color_params`, applies :func:`jitter_` to a copy. A strength of 0 skips that op.
@@ -192,7 +192,7 @@ def color_jitter_per_frame(x: torch.Tensor, brightness: float = 0.5, contrast: f
 
 
 def random_channel_grayscale(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
-    """With probability ``p`` per frame, copy one random RGB channel to all three (METHOD §1).
+    """With probability ``p`` per frame, copy one random RGB channel to all three (docs/method.md §1).
 
     ``x``: ``(T, 3, H, W)``, any dtype. Draws as :func:`draw_color_params`, applies
     :func:`channel_grayscale`.

@@ -1,4 +1,4 @@
-"""The fast colour kernel: METHOD §1's colour part and the ImageNet normalisation as one affine
+"""The fast colour kernel: docs/method.md §1's colour part and the ImageNet normalisation as one affine
 map per frame.
 
 The channel grayscale is a 0/1 matrix, brightness a scale, contrast a scale plus an offset (the
@@ -46,11 +46,11 @@ _MEAN_OVER_STD = torch.tensor(IMAGENET_MEAN).view(3, 1) * _INV_STD
 
 def color_matrices(params: ColorParams, frames: int, device: torch.device
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fast kernel's per-frame affine map: the METHOD §1 colour part and the ImageNet
+    """The fast kernel's per-frame affine map: the docs/method.md §1 colour part and the ImageNet
     normalisation as ``A x + o`` on a frame's RGB values ``x`` in grey levels (``0…255``, after
     the brightness clamp ``min(x, 255/b)``).
 
-    The maps, in METHOD §1's order: the channel grayscale ``G`` (every row picks the chosen
+    The maps, in docs/method.md §1's order: the channel grayscale ``G`` (every row picks the chosen
     channel), brightness ``b/255``, contrast ``c·y + (1−c)·m`` (``m`` = the mean luma of the frame
     so far), saturation ``s·y + (1−s)·1·lumaᵀy``, the hue shift ``R`` = rotation about the grey
     axis by ``θ = 2π·hue`` (Rodrigues: ``cos θ I + sin θ K/√3 + (1−cos θ) J/3``; a positive shift

@@ -1,4 +1,4 @@
-"""Reading and validating the video CSV files of METHOD §1.
+"""Reading and validating the video CSV files of docs/method.md §1.
 
 A CSV row names one video as a folder of frames ``image_00001.jpg … image_%05d.jpg``, or as a
 video file (``.mp4 .avi .mkv .webm .mov``, any case; ``num_frames`` = its decoded frames, see
@@ -7,7 +7,7 @@ video file (``.mp4 .avi .mkv .webm .mov``, any case; ``num_frames`` = its decode
     path,num_frames            # pretraining CSV
     path,num_frames,label      # downstream CSV (label = 0-based class id)
 
-Rules (METHOD §1):
+Rules (docs/method.md §1):
 
 * No header is required; an optional one is accepted. The first non-empty row is taken as a
   header when its ``num_frames`` field names a frame count: no digit, and the word ``frame``
@@ -73,7 +73,7 @@ def read_video_csv(
     min_frames: int = 1,
     validate_files: bool = False,
 ) -> pd.DataFrame:
-    """Read and validate a video CSV (METHOD §1).
+    """Read and validate a video CSV (docs/method.md §1).
 
     Args:
         csv_file: the CSV (``path,num_frames`` or ``path,num_frames,label``, optional header).
@@ -161,7 +161,7 @@ def read_video_csv(
 
 def check_frame_folders(table: pd.DataFrame, csv_file: str) -> None:
     """Check every row's folder and last frame exist, or its video file (one ``stat`` each,
-    threaded; METHOD §1).
+    threaded; docs/method.md §1).
 
     Raises one :class:`CsvError` that names the first failing rows and how many failed.
     """

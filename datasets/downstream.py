@@ -1,6 +1,6 @@
 """The downstream (action recognition) dataset: labelled clips for probes and fine-tuning.
 
-METHOD §1 (downstream sampling) and §5 (test protocol).
+docs/method.md §1 (downstream sampling) and §5 (test protocol).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from datasets.transforms import EvalTransform, TrainAugment
 
 
 class ClipDataset(FrameFolderDataset):
-    """Labelled frame-folder videos from a ``path,num_frames,label`` CSV (METHOD §1, §5).
+    """Labelled frame-folder videos from a ``path,num_frames,label`` CSV (docs/method.md §1, §5).
 
     * ``train=True``: one random clip of ``T`` frames at stride ``ds`` with light augmentation
       (one random-resized-crop box + flip per clip) → ``(clip (3,T,S,S), label)``.
@@ -59,7 +59,7 @@ class ClipDataset(FrameFolderDataset):
                   ten_crop: bool = False) -> ClipDataset:
         """The dataset an evaluation script's flags describe (``--seq --img_dim --ds
         --num_clips --data_root --strict``): ``train=True`` one augmented clip per video, else
-        ``--num_clips`` clips x (centre | ten) crops (METHOD §1 "Downstream sampling", §5)."""
+        ``--num_clips`` clips x (centre | ten) crops (docs/method.md §1 "Downstream sampling", §5)."""
         return cls(csv_file, seq=args.seq, img_dim=args.img_dim, train=train, ds=args.ds,
                    num_clips=args.num_clips, ten_crop=ten_crop, data_root=args.data_root,
                    num_classes=num_classes, strict=args.strict)

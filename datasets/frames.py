@@ -1,4 +1,4 @@
-"""Frame folders on disk (METHOD §1): ``<folder>/image_00001.jpg …``, 1-based, 5 digits.
+"""Frame folders on disk (docs/method.md §1): ``<folder>/image_00001.jpg …``, 1-based, 5 digits.
 
 Frames are read as encoded bytes and decoded in one batched ``torchvision.io.decode_jpeg`` call
 (no PIL). Every read/decode problem surfaces as a :class:`FrameError` naming the file.
@@ -117,7 +117,7 @@ def load_clip(folder: str, indices: Sequence[int] | torch.Tensor) -> torch.Tenso
     (:func:`load_frames`) as a uint8 clip ``(T, 3, H, W)``.
 
     Each distinct frame is read and decoded once (a clip clipped to its last frame, or the
-    overlapping local/global clips of METHOD §1, repeat indices).
+    overlapping local/global clips of docs/method.md §1, repeat indices).
 
     Raises:
         FrameError: see :func:`load_frames`.

@@ -1,4 +1,4 @@
-"""The pretraining dataset (METHOD §1): ``n`` local clips + the global clip per video."""
+"""The pretraining dataset (docs/method.md §1): ``n`` local clips + the global clip per video."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from datasets.transforms import PretrainAugment, color_augment
 
 
 class PretrainDataset(FrameFolderDataset):
-    """Frame-folder videos from a pretraining CSV (``path,num_frames``; METHOD §1).
+    """Frame-folder videos from a pretraining CSV (``path,num_frames``; docs/method.md §1).
 
     One sample: a window of ``n*T`` frames at a random rate (:func:`pretrain_indices`), cut into
     ``n`` local clips and the global clip (:func:`split_clips`); each distinct frame is decoded once,
@@ -34,9 +34,9 @@ class PretrainDataset(FrameFolderDataset):
         data_root: folder for relative CSV paths (default: the CSV's folder).
         strict: make corrupt/missing frames fatal.
         validate_files: check every row's last frame up front (see :mod:`datasets.csv_io`).
-        color_strength: multiplier of the METHOD §1 colour-jitter strengths (1 = brightness,
+        color_strength: multiplier of the docs/method.md §1 colour-jitter strengths (1 = brightness,
             contrast, saturation 0.5 and hue 0.25; 0 = no jitter).
-        grayscale_p: per-frame probability of the random grayscale (METHOD §1: 0.5).
+        grayscale_p: per-frame probability of the random grayscale (docs/method.md §1: 0.5).
         color_on_device: leave the colour part (jitter, grayscale, normalisation) to the
             training device (``train.py --gpu_augment``): see below.
         exact_color: torchvision's colour maths instead of the fast kernel (``--exact_color``;

@@ -1,4 +1,4 @@
-"""Frame-index sampling (METHOD §1). Pure functions of ``torch`` RNG, no I/O.
+"""Frame-index sampling (docs/method.md §1). Pure functions of ``torch`` RNG, no I/O.
 
 Conventions: indices are 0-based (frame ``i`` is ``image_{i+1:05d}.jpg``); "round" is round half
 up, ``floor(x + 0.5)``, so a window of rate 1.5 reads frames 0, 2, 3, 5, … evenly.
@@ -12,7 +12,7 @@ import torch
 
 
 def window_indices(start: float, rate: float, length: int, num_frames: int) -> torch.Tensor:
-    """Indices ``round(start + rate*k)``, ``k = 0 … length-1``, clipped to the last frame (METHOD §1).
+    """Indices ``round(start + rate*k)``, ``k = 0 … length-1``, clipped to the last frame (docs/method.md §1).
 
     Returns:
         LongTensor ``(length,)``.
@@ -23,7 +23,7 @@ def window_indices(start: float, rate: float, length: int, num_frames: int) -> t
 
 def pretrain_indices(num_frames: int, seq: int, sample: int, rate: float,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """The pretraining window of one video: ``n*T`` frame indices (METHOD §1, clip sampling).
+    """The pretraining window of one video: ``n*T`` frame indices (docs/method.md §1, clip sampling).
 
     Draws the frame-rate factor ``r ~ U(1, min(rate, num_frames/(n*T)))`` and the start
     ``s`` uniformly from the integers ``{0, …, floor(num_frames - r*n*T)}`` (i.e.
@@ -55,7 +55,7 @@ def pretrain_indices(num_frames: int, seq: int, sample: int, rate: float,
 
 
 def split_clips(indices: torch.Tensor, seq: int, sample: int) -> torch.Tensor:
-    """Cut a pretraining window into ``n`` local clips and the global clip (METHOD §1).
+    """Cut a pretraining window into ``n`` local clips and the global clip (docs/method.md §1).
 
     Local clip ``i`` = ``indices[i*T:(i+1)*T]``; the global clip = ``indices[::n]``, ``T`` frames
     covering all local clips at ``1/n`` the frame rate.
@@ -70,7 +70,7 @@ def split_clips(indices: torch.Tensor, seq: int, sample: int) -> torch.Tensor:
 
 def train_clip_indices(num_frames: int, seq: int, ds: int = 1,
                        generator: torch.Generator | None = None) -> torch.Tensor:
-    """One random downstream training clip: ``T`` frames at stride ``ds`` (METHOD §1).
+    """One random downstream training clip: ``T`` frames at stride ``ds`` (docs/method.md §1).
 
     The start is uniform over every position where the clip fits; a video shorter than the clip
     starts at 0 and its indices are clipped to the last frame (the last frame repeats).
@@ -84,7 +84,7 @@ def train_clip_indices(num_frames: int, seq: int, ds: int = 1,
 
 
 def eval_clip_indices(num_frames: int, seq: int, ds: int = 1, num_clips: int = 5) -> torch.Tensor:
-    """``num_clips`` clips of ``T`` frames (stride ``ds``) spread evenly over a video (METHOD §5).
+    """``num_clips`` clips of ``T`` frames (stride ``ds``) spread evenly over a video (docs/method.md §5).
 
     Starts are evenly spaced from the first to the last position where a clip fits (one clip:
     the middle one); a short video gives clips clipped to its last frame.

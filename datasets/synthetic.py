@@ -8,7 +8,7 @@ Time has an arrow that does not depend on the class: each object's speed follows
 (it accelerates from 0.25× to 1.75× its mean speed over ``_PERIOD`` frames, then drops back),
 with a random phase per object. Played backwards, the objects decelerate and then jump to full
 speed, which no forward video does, so telling a clip from its time-reversed copy is possible
-(the temporal-order probe of METHOD §5) but needs motion features.
+(the temporal-order probe of docs/method.md §5) but needs motion features.
 
 The **class is the elevation of the motion**: class ``c`` of ``C`` moves at
 ``φ_c = -90° + 180°·c/(C-1)`` from the horizontal (image y points down; ± a quarter of the class
@@ -17,25 +17,25 @@ the horizontal), ``fall30``, ``down`` (:func:`class_names`).
 
 * **Appearance can be made not to last** (``segment`` > 0, default 0 = one look per video):
   every ``segment`` frames the background and the objects' looks are re-drawn while the objects
-  keep moving, so two clips of one video taken at different times (the positives of METHOD
+  keep moving, so two clips of one video taken at different times (the positives of docs/method.md
   §3.1) share their motion, not their looks. With one look per video the instance contrast can
-  be solved by the static background alone, which carries no class information (README, demo).
+  be solved by the static background alone, which carries no class information (docs/demo.md).
 * **Appearance can be shared** (``looks`` > 0, default 0 = a look of its own per video): the
   background and object looks come from a pool of ``looks`` appearances, each video taking one at
   random whatever its class. Then a video's appearance tells it apart from only part of the
   others, and the instance contrast has to use the motion to separate the rest; with a look of
   its own per video the contrast is solved by appearance and learns nothing about the class
-  (measured: README, demo section).
+  (measured: docs/demo.md).
 * Everything else is drawn independently of the class, and positions are uniform on the torus at
   every time step, so **a single frame carries no class information**; only features that see
   time can solve it.
 * **Reversing a clip in time maps the direction of class c to that of C-1-c** (up ↔ down) and
   turns acceleration into deceleration, so a temporal-order probe must look at the speed pattern.
 * The classes are **invariant to a horizontal flip** (left and right are drawn at random within a
-  class), so the flip of the METHOD §1 augmentations does not corrupt the labels, as left-vs-right
+  class), so the flip of the docs/method.md §1 augmentations does not corrupt the labels, as left-vs-right
   classes would.
 
-Layout written under ``out_dir`` (the METHOD §1 frame-folder layout, relative CSV paths)::
+Layout written under ``out_dir`` (the docs/method.md §1 frame-folder layout, relative CSV paths)::
 
     frames/<class>/vid_00000/image_00001.jpg …
     pretrain.csv   path,num_frames           (the train split)
@@ -70,7 +70,7 @@ _OBJECTS = 3
 _PERIOD = 12.0  # frames of one accelerate-then-reset speed cycle
 _SPEED = (2.0, 5.0)  # mean object speed range, pixels per frame at 64 px (scaled with the size)
 # Background brightness range. A full-range (0.15–0.85) background kept a supervised R3D-18 x0.25
-# at chance for its first 300 steps; with this one it left chance within 90 (README, demo).
+# at chance for its first 300 steps; with this one it left chance within 90 (docs/demo.md).
 _BACKGROUND = (0.35, 0.65)
 
 

@@ -1,4 +1,4 @@
-"""The temporal-order probe's data (METHOD §5, last item): clips of a CSV's videos, and each
+"""The temporal-order probe's data (docs/method.md §5, last item): clips of a CSV's videos, and each
 clip paired with its time-reversed copy (class 0 = normal order, class 1 = reversed)."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ NORMAL, REVERSED = 0, 1
 
 
 def order_pairs(clips: Tensor) -> tuple[Tensor, Tensor]:
-    """Stack clips ``(N, 3, T, H, W)`` with their time-reversed copies (METHOD §5 probe input).
+    """Stack clips ``(N, 3, T, H, W)`` with their time-reversed copies (docs/method.md §5 probe input).
 
     Returns ``(inputs (2N, 3, T, H, W), targets (2N,))``: the N normal clips first (class 0), then
     the same N clips flipped on the time axis (class 1), so every batch holds both orders of
@@ -37,7 +37,7 @@ def order_pairs(clips: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class OrderClipDataset(FrameFolderDataset):
-    """Frame-folder videos of a CSV whose labels, if any, are ignored (METHOD §1 sampling).
+    """Frame-folder videos of a CSV whose labels, if any, are ignored (docs/method.md §1 sampling).
 
     ``train=True``: one random clip of ``seq`` frames at stride ``ds`` with the light downstream
     augmentation (crop box + flip) -> ``(clip (3, T, S, S), index)``.

@@ -1,12 +1,12 @@
-"""Clip transforms: uint8 clips ``(T, 3, H, W)`` → normalised float ``(3, T, H, W)`` (METHOD §1, §5).
+"""Clip transforms: uint8 clips ``(T, 3, H, W)`` → normalised float ``(3, T, H, W)`` (docs/method.md §1, §5).
 
-METHOD §1 augmentation, applied independently to every clip of a sample:
+docs/method.md §1 augmentation, applied independently to every clip of a sample:
 
 * one random-resized-crop box (area 0.5–1, aspect 3/4–4/3) and one horizontal flip for the whole
   clip, on uint8 (:meth:`PretrainAugment.geometric`: one resize call for the clip's crops);
 * random "grayscale" with p = 0.5 **per frame**: one random RGB channel copied to all three;
 * colour jitter (brightness 0.5, contrast 0.5, saturation 0.5, hue 0.25) with factors drawn **per
-  frame** (after the grayscale, in METHOD §1's order and the reference code's);
+  frame** (after the grayscale, in docs/method.md §1's order and the reference code's);
 * ImageNet mean/std.
 
 The colour part is split in two: :func:`~datasets.color.draw_color_params` draws a clip's
@@ -17,7 +17,7 @@ and the draws, and the training step applies :func:`color_augment_batch` to the 
 its device. Both paths draw the same numbers and run the same kernel, so they agree up to float
 rounding.
 
-Two colour kernels, both with METHOD §1's factors, order and per-frame draws: the **fast** one
+Two colour kernels, both with docs/method.md §1's factors, order and per-frame draws: the **fast** one
 (default, :mod:`datasets.color_affine`: one 3×3 affine map per frame; mean deviation from
 torchvision ~0.01–0.05 per pixel in normalised units against the jitter's ~0.45) and the
 **exact** one (``exact=True``, ``train.py --exact_color``, :mod:`datasets.color`: torchvision's
@@ -44,7 +44,7 @@ _CROP_ATTEMPTS = 10
 
 def random_resized_crop_box(height: int, width: int, scale: tuple[float, float] = (0.5, 1.0),
                             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """Draw one crop box ``(top, left, h, w)`` (METHOD §1), torchvision's RandomResizedCrop rule.
+    """Draw one crop box ``(top, left, h, w)`` (docs/method.md §1), torchvision's RandomResizedCrop rule.
 
     Ten (area, log-aspect) candidates are drawn at once and the first that fits is used, else a
     centre crop with the aspect clamped into ``ratio``. Draws a fixed amount of randomness.
@@ -72,9 +72,9 @@ def random_resized_crop_box(height: int, width: int, scale: tuple[float, float] 
 
 
 def color_augment(clips: torch.Tensor, params: ColorParams, exact: bool = False) -> torch.Tensor:
-    """The colour part of the METHOD §1 augmentation, on uint8 clips ``(..., T, 3, H, W)``.
+    """The colour part of the docs/method.md §1 augmentation, on uint8 clips ``(..., T, 3, H, W)``.
 
-    Per frame, in METHOD §1's order (the reference code's too): the channel grayscale, colour
+    Per frame, in docs/method.md §1's order (the reference code's too): the channel grayscale, colour
     jitter with the drawn factors (brightness → contrast → saturation → hue; on a grayscale
     frame only brightness and contrast change anything), then the ImageNet normalisation.
     ``params``: :data:`ColorParams` shaped like the frame dimensions ``(..., T)`` (on any device;
@@ -123,11 +123,11 @@ def _to_float(clip: torch.Tensor) -> torch.Tensor:
 
 
 class PretrainAugment:
-    """The METHOD §1 pretraining augmentation of one clip: uint8 ``(T,3,H,W)`` → float ``(3,T,S,S)``.
+    """The docs/method.md §1 pretraining augmentation of one clip: uint8 ``(T,3,H,W)`` → float ``(3,T,S,S)``.
 
     Order: one crop box + resize to ``img_dim`` (uint8, antialiased bilinear) → one flip (p=0.5)
     (:meth:`geometric`) → per-frame channel grayscale → per-frame colour jitter → ImageNet
-    normalisation (:meth:`draw_color` + :func:`color_augment`): METHOD §1's order, which is the
+    normalisation (:meth:`draw_color` + :func:`color_augment`): docs/method.md §1's order, which is the
     reference code's (``RandomGray`` before ``ColorJitter``). The colour runs at the output
     resolution, after the resize. ``exact_color``: torchvision's colour maths instead of the fast
     kernel (:func:`color_augment`'s ``exact``).
@@ -177,7 +177,7 @@ class PretrainAugment:
 
 
 class TrainAugment(PretrainAugment):
-    """Light downstream training augmentation (METHOD §1): crop box + flip per clip, no colour."""
+    """Light downstream training augmentation (docs/method.md §1): crop box + flip per clip, no colour."""
 
     def __init__(self, img_dim: int = 112, scale: tuple[float, float] = (0.5, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
@@ -186,7 +186,7 @@ class TrainAugment(PretrainAugment):
 
 
 class EvalTransform:
-    """Deterministic test transform (METHOD §5): resize the short side, then crop ``img_dim``.
+    """Deterministic test transform (docs/method.md §5): resize the short side, then crop ``img_dim``.
 
     ``resize`` defaults to ``round(img_dim * 8/7)`` (128 for 112, the usual train/test framing).
     Centre crop: uint8 ``(T,3,H,W)`` → float ``(3,T,S,S)``. Ten-crop: the four corners and the

@@ -1,4 +1,4 @@
-"""Video files as clip sources (METHOD §1): frame index ``k`` is the ``k``-th decoded frame.
+"""Video files as clip sources (docs/method.md §1): frame index ``k`` is the ``k``-th decoded frame.
 
 A CSV row may name a video file (``.mp4 .avi .mkv .webm .mov``) instead of a frame folder;
 :func:`datasets.frames.load_frames` / :func:`~datasets.frames.load_clip` hand such a path to
@@ -196,7 +196,7 @@ def _after_seek(container: av.container.InputContainer, stream: av.video.stream.
 def load_video_frames(path: str, indices: Sequence[int]) -> torch.Tensor:
     """Decode frames ``indices`` (0-based: the k-th decoded frame; any order, repeats allowed)
     of the video file ``path`` into uint8 ``(len, 3, H, W)`` in channels-last memory, the layout
-    of :func:`datasets.frames.load_frames` (METHOD §1). Seeks and decodes only the needed span,
+    of :func:`datasets.frames.load_frames` (docs/method.md §1). Seeks and decodes only the needed span,
     with the index checks of the module docstring.
 
     Raises:
@@ -242,7 +242,7 @@ def _chain(first: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterator[av.V
 
 
 def count_frames(path: str) -> int:
-    """The exact number of frames a full decode of ``path`` yields (METHOD §1 ``num_frames``).
+    """The exact number of frames a full decode of ``path`` yields (docs/method.md §1 ``num_frames``).
 
     Counts packets where that is exact: an H.264/HEVC stream whose packets are all intact (none
     corrupt, none marked to discard), whose first packet is a keyframe and whose last packet ends

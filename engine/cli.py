@@ -22,7 +22,7 @@ from utils.amp import AMP_CHOICES
 from utils.checkpoint import find_resume
 
 
-CLIP_DEFAULTS = {"seq": 16, "img_dim": 112}  # METHOD §1's clip: 16 frames of 112²
+CLIP_DEFAULTS = {"seq": 16, "img_dim": 112}  # docs/method.md §1's clip: 16 frames of 112²
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -47,7 +47,7 @@ def new_parser(prog: str, description: str, epilog: str | None = None) -> argpar
 def add_data_args(parser: argparse.ArgumentParser, title: str,
                   csvs: Mapping[str, str], required: bool = True) -> argparse._ArgumentGroup:
     """The data group: the script's CSV flags (``flag -> help``), ``--data_root``,
-    ``--workers``, ``--strict`` (METHOD §1). Returns the group for the script's own flags."""
+    ``--workers``, ``--strict`` (docs/method.md §1). Returns the group for the script's own flags."""
     group = parser.add_argument_group(title)
     for flag, text in csvs.items():
         group.add_argument(flag, required=required, default=None, help=text)
@@ -62,8 +62,8 @@ def add_data_args(parser: argparse.ArgumentParser, title: str,
 
 def add_clip_args(parser: argparse.ArgumentParser, title: str, test_clips: int | None = None,
                   ten_crop: bool = False) -> argparse._ArgumentGroup:
-    """``--seq`` and ``--img_dim`` (METHOD §1); with ``test_clips`` (the evaluation scripts),
-    also the downstream sampling of METHOD §5: ``--ds``, ``--num_clips`` (that default) and, with
+    """``--seq`` and ``--img_dim`` (docs/method.md §1); with ``test_clips`` (the evaluation scripts),
+    also the downstream sampling of docs/method.md §5: ``--ds``, ``--num_clips`` (that default) and, with
     ``ten_crop``, ``--ten_crop``; there ``--seq`` / ``--img_dim`` default to the ``--pretrained``
     checkpoint's pretraining values (:func:`fill_clip_size`)."""
     group = parser.add_argument_group(title)
@@ -93,7 +93,7 @@ def add_clip_args(parser: argparse.ArgumentParser, title: str, test_clips: int |
 def fill_clip_size(args: argparse.Namespace) -> None:
     """Fill ``--seq`` / ``--img_dim`` left unset: from the ``--pretrained`` checkpoint's
     pretraining flags (:func:`~models.loading.pretraining_args`), so a probe runs at the clip size
-    the backbone was trained for (METHOD §5), else :data:`CLIP_DEFAULTS`. Where each value came
+    the backbone was trained for (docs/method.md §5), else :data:`CLIP_DEFAULTS`. Where each value came
     from goes to ``args.clip_size_from`` (``flag``, ``checkpoint`` or ``default``; in
     ``args.json``) and :func:`clip_size_line` says it in the log. Part of the scripts' checks
 (:func:`check_downstream`), so a bad value is a parser error."""
@@ -126,9 +126,9 @@ def clip_size_line(args: argparse.Namespace) -> str:
 
 
 def add_backbone_args(parser: argparse.ArgumentParser, pretrained: bool) -> argparse._ArgumentGroup:
-    """``--net`` and ``--width`` (METHOD §2); with ``pretrained`` (the evaluation scripts) also
+    """``--net`` and ``--width`` (docs/method.md §2); with ``pretrained`` (the evaluation scripts) also
     ``--pretrained``, and ``--net`` / ``--width`` only for a backbone without a model_config."""
-    group = parser.add_argument_group("backbone (METHOD §2)")
+    group = parser.add_argument_group("backbone (docs/method.md §2)")
     if not pretrained:
         group.add_argument("--net", default="r3d_18", help=f"backbone: {', '.join(NETS)}")
         group.add_argument("--width", type=float, default=1.0, help="channel-width multiplier of the backbone")
@@ -205,7 +205,7 @@ def add_downstream_args(parser: argparse.ArgumentParser, holds: str, distributed
                         resume: bool) -> None:
     """The flags ``eval_linear.py`` and ``finetune.py`` share: labelled train/test CSVs and
     ``--num_classes``, the backbone with ``--pretrained``, the clips and test protocol of
-    METHOD §5 (10 clips, centre or ten crops), the batch, devices and outputs."""
+    docs/method.md §5 (10 clips, centre or ten crops), the batch, devices and outputs."""
     data = add_data_args(parser, "data (labelled CSVs: path,num_frames,label)", {
         "--train_csv": "train split CSV (e.g. UCF101 / HMDB51 split 1 train list)",
         "--val_csv": "test split CSV: reported accuracy; retrieval queries"})
@@ -213,7 +213,7 @@ def add_downstream_args(parser: argparse.ArgumentParser, holds: str, distributed
                       help="number of classes (default: largest label in --train_csv + 1; "
                            "101 for UCF101, 51 for HMDB51)")
     add_backbone_args(parser, pretrained=True)
-    clips = add_clip_args(parser, "clips and test protocol (METHOD §5)", test_clips=10, ten_crop=True)
+    clips = add_clip_args(parser, "clips and test protocol (docs/method.md §5)", test_clips=10, ten_crop=True)
     add_batch_arg(clips, False, 32,
                   "videos per DataLoader batch when training through the backbone and when extracting "
                   "features; test batches hold max(1, batch_size // clips-per-video) videos so a forward "

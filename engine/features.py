@@ -1,5 +1,5 @@
 """Feature and logit extraction over a DataLoader, and the strided split of a test set over
-ranks (each video scored exactly once under DDP, METHOD §5 "Test")."""
+ranks (each video scored exactly once under DDP, docs/method.md §5 "Test")."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Evaluation metrics of METHOD §5 as pure functions of tensors: video-level scores (softmax
+"""Evaluation metrics of docs/method.md §5 as pure functions of tensors: video-level scores (softmax
 averaged over clips), top-k accuracy, retrieval R@k and a cosine kNN classifier.
 
 Shapes: ``N`` videos, ``K`` clips (x crops) per video, ``D`` feature width, ``C`` classes.
@@ -19,7 +19,7 @@ CENTER_MODES: tuple[str, ...] = ("gallery", "each", "none")
 
 def video_scores(clip_logits: Tensor) -> Tensor:
     """Softmax per clip, averaged over the ``K`` clips (x crops) of each video:
-    ``(N, K, C)`` logits -> ``(N, C)`` probabilities (METHOD §5)."""
+    ``(N, K, C)`` logits -> ``(N, C)`` probabilities (docs/method.md §5)."""
     if clip_logits.dim() != 3:
         raise ValueError(f"video_scores expects (N, K, C) logits, got shape {tuple(clip_logits.shape)}")
     return clip_logits.float().softmax(dim=-1).mean(dim=1)
@@ -79,7 +79,7 @@ def _nearest(query: Tensor, gallery: Tensor, k: int, chunk: int) -> tuple[Tensor
 def retrieval_recall(query: Tensor, query_labels: Tensor, gallery: Tensor, gallery_labels: Tensor,
                      ks: Sequence[int] = RETRIEVAL_KS, center: str = "gallery",
                      chunk: int = 4096) -> dict[int, float]:
-    """Nearest-neighbour video retrieval (METHOD §5): query = test-split video features,
+    """Nearest-neighbour video retrieval (docs/method.md §5): query = test-split video features,
     gallery = train-split video features (each already averaged over clips), mean-centred and
     L2-normalised (:func:`center_normalize`), cosine nearest neighbours; R@k = fraction of
     queries with a gallery item of their label among the top ``k`` (``k`` above the gallery

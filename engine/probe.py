@@ -1,4 +1,4 @@
-"""The probes of METHOD §5 on a frozen backbone: hygiene checks (MoCo ``main_lincls.py``: only
+"""The probes of docs/method.md §5 on a frozen backbone: hygiene checks (MoCo ``main_lincls.py``: only
 the head trains, the frozen backbone does not move), the linear classifier trained on cached
 features (CoCLR ``eval/feature_linear_probe.py``) or end to end through the backbone, its
 predictions, and the temporal-order probe's logits and accuracy.
@@ -37,7 +37,7 @@ class ProbeDiverged(RuntimeError):
 
 
 class DivergenceGuard:
-    """Stops a head training whose loss diverges (METHOD §5 probes and fine-tuning).
+    """Stops a head training whose loss diverges (docs/method.md §5 probes and fine-tuning).
 
     :meth:`check` after every epoch raises :class:`ProbeDiverged` when the epoch's mean training
     loss is non-finite, or more than :data:`DIVERGENCE_FACTOR` times the chance level
@@ -70,7 +70,7 @@ class DivergenceGuard:
 
 def check_only_head_trains(model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Raise ``RuntimeError`` unless the optimiser holds exactly ``head``'s parameters and no
-    other parameter of ``model`` requires a gradient (METHOD §5, linear probe)."""
+    other parameter of ``model`` requires a gradient (docs/method.md §5, linear probe)."""
     head_ids = {id(p) for p in head.parameters()}
     opt_ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
     if opt_ids != head_ids:
@@ -109,7 +109,7 @@ def train_linear_probe(head: ClassifierHead, features: Tensor, labels: Tensor, *
                        show_progress: bool = False) -> dict[str, float]:
     """Train ``head`` (in place) on cached ``(M, D)`` features / ``(M,)`` labels with
     cross-entropy, ``optim`` (SGD momentum 0.9 or Adam), lr divided by 10 at each ``schedule``
-    epoch (METHOD §5 linear probe; CoCLR ``eval/feature_linear_probe.py``). Shuffling uses its own
+    epoch (docs/method.md §5 linear probe; CoCLR ``eval/feature_linear_probe.py``). Shuffling uses its own
     generator seeded with ``seed``. ``on_epoch(epoch, stats, head)`` is called after every epoch
     (stats: ``loss``, ``train_top1`` in percent, ``lr``). A diverging loss raises
     :class:`ProbeDiverged` (:class:`DivergenceGuard`). Leaves ``head`` in eval mode and returns
@@ -173,7 +173,7 @@ def train_probe_end_to_end(model: VideoClassifier, loader: Iterable, optimizer: 
                            amp_dtype: torch.dtype | None = None, seed: int = 0,
                            on_epoch: EpochCallback | None = None,
                            show_progress: bool = False) -> dict[str, float]:
-    """Train ``model.head`` through the frozen backbone (METHOD §5 linear probe, end to end):
+    """Train ``model.head`` through the frozen backbone (docs/method.md §5 linear probe, end to end):
     ``model`` must be a ``frozen`` :class:`VideoClassifier` (backbone in eval mode whatever
     ``.train()`` says) and ``optimizer`` must hold only the head (checked). ``loader`` is an
     ``"epoch"``-order loader (``engine.loader.make_loader``); epoch ``e``'s data depends on
@@ -199,7 +199,7 @@ def train_probe_end_to_end(model: VideoClassifier, loader: Iterable, optimizer: 
 
 
 def order_logits(model: VideoClassifier) -> Callable[[Tensor], Tensor]:
-    """The temporal-order probe (METHOD §5) as a feature function for
+    """The temporal-order probe (docs/method.md §5) as a feature function for
     :func:`engine.features.extract`: clips ``(M, 3, T, H, W)`` -> ``(M, 2, 2)`` logits, ``[:, 0]``
     for each clip and ``[:, 1]`` for its time-reversed copy (one backbone pass over both)."""
     def fn(x: Tensor) -> Tensor:

@@ -1,5 +1,5 @@
 """The cached linear probe's learning rate and weight decay, chosen on held-out training videos
-(METHOD §5 linear probe).
+(docs/method.md §5 linear probe).
 
 CoCLR's fixed recipe (SGD, lr 1.0, weight decay 1e-3) suits UCF101-sized splits with batches of
 1,024 features; on a few hundred videos an epoch is one or two steps and lr 1.0 can diverge. The

@@ -1,4 +1,4 @@
-"""One supervised epoch (cross-entropy) over a DataLoader: fine-tuning (METHOD §5), the
+"""One supervised epoch (cross-entropy) over a DataLoader: fine-tuning (docs/method.md §5), the
 end-to-end linear probe and the temporal-order probe all train with it."""
 from __future__ import annotations
 

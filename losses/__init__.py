@@ -1,4 +1,4 @@
-"""The objectives of METHOD.md §3, one module each, plus the combined objective."""
+"""The objectives of docs/method.md §3, one module each, plus the combined objective."""
 from losses.alignment import local_global_alignment
 from losses.contrast import instance_contrast, instance_graph, motion_contrast, multi_positive_contrast
 from losses.graph import graph_loss, graph_target

@@ -1,4 +1,4 @@
-"""Numerical helpers shared by the objectives (METHOD.md §3: "all features L2-normalised").
+"""Numerical helpers shared by the objectives (docs/method.md §3: "all features L2-normalised").
 
 The similarity matmuls, ``logsumexp`` / ``log_softmax`` and the Sinkhorn iterations run in
 float32 even when the caller is inside ``torch.autocast`` (bf16/fp16 logits divided by

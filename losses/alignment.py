@@ -1,4 +1,4 @@
-"""Local–global timestamp alignment ``L_lg`` (METHOD.md §3.3)."""
+"""Local–global timestamp alignment ``L_lg`` (docs/method.md §3.3)."""
 from __future__ import annotations
 
 import torch
@@ -9,14 +9,14 @@ from utils.amp import fp32_region
 
 
 def pool_local_sequence(fine_local: Tensor) -> Tensor:
-    """Pool the ``n`` local clips' ``t`` steps to the global clip's ``t`` steps (METHOD §3.3).
+    """Pool the ``n`` local clips' ``t`` steps to the global clip's ``t`` steps (docs/method.md §3.3).
 
     ``fine_local (b, n, t, C)`` → ``(b, t, C)``: the clips are concatenated in order into one
     sequence of ``n*t`` steps (together they cover the global clip's window at ``n`` times its
     frame rate) and each run of ``n`` contiguous steps is averaged, so output step ``k`` covers
     exactly the frames of global step ``k``.
 
-    When ``n`` divides ``t`` this is literally METHOD's "pool each local clip's sequence to
+    When ``n`` divides ``t`` this is literally the method's "pool each local clip's sequence to
     ``t/n`` steps, concatenate in order" (every run of ``n`` lies inside one clip). When it does
     not (e.g. ``n = 3`` clips, ``t = 2`` high-level steps) a run straddles two clips — still the
     exact temporal correspondence to the global step, so no error is raised and nothing is
@@ -29,7 +29,7 @@ def pool_local_sequence(fine_local: Tensor) -> Tensor:
 
 
 def alignment_logits(fine_local: Tensor, fine_global: Tensor, tau: float = 0.07) -> Tensor:
-    """The timestamp logits of METHOD §3.3: ``l[m, k] = <local_m, global_k>/τ`` per video.
+    """The timestamp logits of docs/method.md §3.3: ``l[m, k] = <local_m, global_k>/τ`` per video.
 
     Args:
         fine_local: ``(b, n, t, C)`` per-step features of the local clips (normal order).
@@ -64,7 +64,7 @@ def alignment_logits(fine_local: Tensor, fine_global: Tensor, tau: float = 0.07)
 def alignment_loss(logits: Tensor) -> Tensor:
     """Cross-entropy of :func:`alignment_logits` with target ``m = k`` over ``k`` (local →
     global) and over ``m`` (global → local), each averaged over videos and steps, then the two
-    averaged (METHOD §3.3). Scalar float32."""
+    averaged (docs/method.md §3.3). Scalar float32."""
     with fp32_region(logits):
         logits = logits.float()
         l2g = -torch.diagonal(F.log_softmax(logits, dim=2), dim1=1, dim2=2).mean()
@@ -73,7 +73,7 @@ def alignment_loss(logits: Tensor) -> Tensor:
 
 
 def local_global_alignment(fine_local: Tensor, fine_global: Tensor, tau: float = 0.07) -> Tensor:
-    """Timestamp retrieval between the pooled local sequence and the global clip (METHOD §3.3):
+    """Timestamp retrieval between the pooled local sequence and the global clip (docs/method.md §3.3):
     :func:`alignment_loss` of :func:`alignment_logits` (shapes as there). Per video, so nothing
     is gathered across ranks. Scalar float32."""
     return alignment_loss(alignment_logits(fine_local, fine_global, tau))

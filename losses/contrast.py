@@ -1,4 +1,4 @@
-"""Instance contrast (METHOD.md §3.1) and motion contrast (METHOD.md §3.2).
+"""Instance contrast (docs/method.md §3.1) and motion contrast (docs/method.md §3.2).
 
 Both are a multi-positive InfoNCE
 
@@ -24,7 +24,7 @@ from losses._fp32 import normalized32
 
 
 def multi_positive_contrast(pos_logits: Tensor, all_logits: Tensor | Sequence[Tensor]) -> Tensor:
-    """Multi-positive InfoNCE in log-sum-exp form (METHOD §3.1, §3.2).
+    """Multi-positive InfoNCE in log-sum-exp form (docs/method.md §3.1, §3.2).
 
     Args:
         pos_logits: ``(Q, P)`` each query's positive similarities divided by ``τ`` (entries
@@ -65,7 +65,7 @@ def _check_clips(z: Tensor, name: str) -> tuple[int, int, int]:
 
 
 def _clip_logits(z: Tensor, tau: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Local-query × global-key logits over normal-order clips (METHOD §3.1, §3.2).
+    """Local-query × global-key logits over normal-order clips (docs/method.md §3.1, §3.2).
 
     Query row ``i*n + a`` = local video ``i``, clip ``a``; key column ``j*n + c`` = global video
     ``j``, clip ``c``. Returns ``(logits (b*n, B*n), others (b*n, B*n), pos (b*n, n-1), zq)``:
@@ -92,7 +92,7 @@ def _clip_logits(z: Tensor, tau: float) -> tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def instance_contrast(z: Tensor, tau: float = 0.07) -> tuple[Tensor, Tensor]:
-    """High-level instance contrast ``L_ins`` and the instance graph ``G_ins`` (METHOD §3.1).
+    """High-level instance contrast ``L_ins`` and the instance graph ``G_ins`` (docs/method.md §3.1).
 
     Args:
         z: ``(b, n, C)`` ``proj_high`` of this rank's local clips (normalised here).
@@ -103,7 +103,7 @@ def instance_contrast(z: Tensor, tau: float = 0.07) -> tuple[Tensor, Tensor]:
         positives = the other clips of the same video, negatives = every clip of every other
         video of the global batch), and ``g_ins (b, B)`` detached float32 with
         ``g_ins[i, j] = softmax_j(<clip0_i, clip1_j>/τ)`` for local video ``i`` and global video
-        ``j`` (the local rows of the ``B × B`` matrix of METHOD §3.1).
+        ``j`` (the local rows of the ``B × B`` matrix of docs/method.md §3.1).
     """
     b, n, _ = _check_clips(z, "proj['high']")
     with fp32_region(z):
@@ -116,7 +116,7 @@ def instance_contrast(z: Tensor, tau: float = 0.07) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def instance_graph(z: Tensor, tau: float = 0.07) -> Tensor:
-    """``G_ins`` alone (METHOD §3.1), for when ``L_ins`` has weight 0 but the graph term is on.
+    """``G_ins`` alone (docs/method.md §3.1), for when ``L_ins`` has weight 0 but the graph term is on.
 
     ``z (b, n, C)`` local clips → ``(b, B)`` float32, ``softmax_j(<clip0_i, clip1_j>/τ)``; the
     clip-1 features of the global batch are gathered without gradient.
@@ -129,7 +129,7 @@ def instance_graph(z: Tensor, tau: float = 0.07) -> Tensor:
 
 
 def motion_contrast(z: Tensor, z_rev: Tensor, tau: float = 0.07) -> Tensor:
-    """Motion contrast ``L_mot`` at one level (METHOD §3.2).
+    """Motion contrast ``L_mot`` at one level (docs/method.md §3.2).
 
     Args:
         z: ``(b, n, C)`` ``proj_ℓ`` of the normal-order local clips.

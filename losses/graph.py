@@ -1,4 +1,4 @@
-"""Graph constraint ``L_graph`` (METHOD.md §3.5)."""
+"""Graph constraint ``L_graph`` (docs/method.md §3.5)."""
 from __future__ import annotations
 
 import torch
@@ -18,7 +18,7 @@ def graph_target(
     thres: float = 0.05,
     row_offset: int = 0,
 ) -> Tensor:
-    """The target graph ``G`` for this rank's rows (METHOD §3.5), no gradient.
+    """The target graph ``G`` for this rank's rows (docs/method.md §3.5), no gradient.
 
     Args:
         g_ins: ``(b, B)`` local rows of ``G_ins`` (:func:`losses.contrast.instance_contrast`).
@@ -57,7 +57,7 @@ def graph_target(
 
 
 def graph_loss(g0: Tensor, g1: Tensor, target: Tensor, tau: float = 0.07) -> Tensor:
-    """``L_ℓ`` of the graph constraint at one level (METHOD §3.5).
+    """``L_ℓ`` of the graph constraint at one level (docs/method.md §3.5).
 
     Args:
         g0: ``(b, C)`` ``graph_ℓ`` of clip 0 of this rank's videos.

@@ -1,10 +1,10 @@
-"""The combined multi-level objective (METHOD.md §3, "Total").
+"""The combined multi-level objective (docs/method.md §3, "Total").
 
 ``L = w_ins L_ins + w_lg_high L_lg,high + w_mot_mid L_mot,mid + w_lg_mid L_lg,mid
 + w_mot_low L_mot,low + w_lg_low L_lg,low + w_proto L_proto
 [+ w_graph (w_graph_high L_high + w_graph_mid L_mid + w_graph_low L_low) from --split on]``
 
-with METHOD's defaults 1, 1, 0.5, 0.5, 0.3, 0.3, 0.5, 1 and 1 / 0.5 / 0.3. Every weight is a
+with the method's defaults (docs/method.md §3) 1, 1, 0.5, 0.5, 0.3, 0.3, 0.5, 1 and 1 / 0.5 / 0.3. Every weight is a
 flag (:func:`add_loss_args`), so an ablation is a command line; a weight of 0 skips its term.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from models.output import MultiLevelOutput
 
 @dataclass
 class LossWeights:
-    """Weights of the terms of the total loss (METHOD §3 "Total"); 0 disables a term."""
+    """Weights of the terms of the total loss (docs/method.md §3 "Total"); 0 disables a term."""
 
     ins: float = 1.0
     lg_high: float = 1.0
@@ -48,7 +48,7 @@ class LossWeights:
 
 
 _WEIGHT_HELP = {
-    "ins": "high-level instance contrast L_ins (METHOD §3.1)",
+    "ins": "high-level instance contrast L_ins (docs/method.md §3.1)",
     "lg_high": "local-global alignment at the high level (§3.3)",
     "mot_mid": "motion contrast at the mid level (§3.2)",
     "lg_mid": "local-global alignment at the mid level (§3.3)",
@@ -64,12 +64,12 @@ _WEIGHT_HELP = {
 
 def add_loss_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the objective's flags: one ``--w_<term>`` per weight, ``--tau``, ``--queue_start``,
-    ``--queue_size``, ``--eps``, ``--sinkhorn_iters``, ``--proto_temperature`` (METHOD §3).
+    ``--queue_size``, ``--eps``, ``--sinkhorn_iters``, ``--proto_temperature`` (docs/method.md §3).
 
     ``--thres``, ``--split`` and ``--cluster`` are the reference's own flags and are left to the
     entry script (:meth:`MultiLevelObjective.from_args` reads them).
     """
-    group = parser.add_argument_group("objective (METHOD §3)")
+    group = parser.add_argument_group("objective (docs/method.md §3)")
     for f in fields(LossWeights):
         group.add_argument(
             f"--w_{f.name}", type=float, default=f.default,
@@ -121,14 +121,14 @@ class ObjectiveResult:
 
 
 class MultiLevelObjective(nn.Module):
-    """All of METHOD §3 on one :class:`~models.output.MultiLevelOutput`.
+    """All of docs/method.md §3 on one :class:`~models.output.MultiLevelOutput`.
 
     Holds the Sinkhorn score queue (buffers ``queue.scores`` / ``queue.filled``, in
     ``state_dict()``). The queue takes the batch's scores at every training-mode forward (all
     epochs, as the reference does, so it is full when it is first used) and is used from
     ``queue_start`` on; in ``eval()`` mode it is left unchanged. Sinkhorn codes (hence the
     pseudo-labels) are computed even when ``proto`` has weight 0. With ``n > 2`` clips, ``G_ins``
-    and the graph term use clips 0 and 1, as METHOD §3.1/§3.5 define them.
+    and the graph term use clips 0 and 1, as docs/method.md §3.1/§3.5 define them.
     """
 
     def __init__(
@@ -170,7 +170,7 @@ class MultiLevelObjective(nn.Module):
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The objective's part of a checkpoint: ``{"queue": {"scores": (n, size, K), "filled"},
-        "buffers": {...}}`` on CPU. The score queue is the same on every rank (METHOD §3.4), so
+        "buffers": {...}}`` on CPU. The score queue is the same on every rank (docs/method.md §3.4), so
         rank 0's is the run's."""
         own = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         return {"queue": {k: v.clone() for k, v in self.queue.state_dict().items()},
@@ -199,7 +199,7 @@ class MultiLevelObjective(nn.Module):
         return epoch >= self.split and w.graph != 0 and any((w.graph_high, w.graph_mid, w.graph_low))
 
     def forward(self, out: MultiLevelOutput, epoch: int) -> ObjectiveResult:
-        """The total loss of METHOD §3 for this rank's batch (see the module docstring)."""
+        """The total loss of docs/method.md §3 for this rank's batch (see the module docstring)."""
         w = self.weights
         scores = out.prototype_scores
         b = scores.shape[0]

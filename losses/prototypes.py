@@ -1,4 +1,4 @@
-"""Prototypical contrast ``L_proto`` (METHOD.md §3.4): Sinkhorn codes, score queue, swapped
+"""Prototypical contrast ``L_proto`` (docs/method.md §3.4): Sinkhorn codes, score queue, swapped
 prediction and pseudo-labels.
 
 The distributed form is SwAV's (``main_swav.py``): every rank holds its own rows, and the
@@ -30,7 +30,7 @@ def sinkhorn(
     scores: Tensor | Sequence[Tensor], eps: float = 0.05, iters: int = 3, last: int | None = None,
     n_global: int | None = None,
 ) -> Tensor:
-    """Sinkhorn–Knopp equipartition codes, SwAV / solo-learn form (METHOD §3.4).
+    """Sinkhorn–Knopp equipartition codes, SwAV / solo-learn form (docs/method.md §3.4).
 
     Args:
         scores: ``(N, K)`` prototype scores of this rank's rows, or ``(G, N, K)`` for ``G``
@@ -100,7 +100,7 @@ def sinkhorn(
 
 
 class ScoreQueue(nn.Module):
-    """FIFO of the last ``size`` gathered prototype-score rows for Sinkhorn (METHOD §3.4).
+    """FIFO of the last ``size`` gathered prototype-score rows for Sinkhorn (docs/method.md §3.4).
 
     Buffers ``scores (n, size, K)`` float32 (per local clip index; oldest first, newest last) and
     ``filled`` (how many of the last rows are real; only those are used). Every rank pushes the
@@ -173,7 +173,7 @@ class ScoreQueue(nn.Module):
     def codes(
         self, batch_scores: Tensor, use_queue: bool, eps: float = 0.05, iters: int = 3
     ) -> Tensor:
-        """Sinkhorn codes ``(b, n, K)`` of this rank's batch, one problem per clip index (METHOD
+        """Sinkhorn codes ``(b, n, K)`` of this rank's batch, one problem per clip index (docs/method.md
         §3.4), over the global batch and, with ``use_queue``, the queued rows (batch last).
         Does not modify the queue."""
         b, n, k = batch_scores.shape
@@ -215,7 +215,7 @@ class ScoreQueue(nn.Module):
 
 
 def swapped_prediction(scores: Tensor, codes: Tensor, temperature: float = 0.1) -> Tensor:
-    """SwAV swapped prediction ``L_proto`` (METHOD §3.4), generalised to ``n`` clips.
+    """SwAV swapped prediction ``L_proto`` (docs/method.md §3.4), generalised to ``n`` clips.
 
     Args:
         scores: ``(b, n, K)`` prototype scores (with gradient).
@@ -240,5 +240,5 @@ def swapped_prediction(scores: Tensor, codes: Tensor, temperature: float = 0.1) 
 
 
 def pseudo_labels(codes: Tensor) -> Tensor:
-    """Pseudo-label of each video, ``argmax_k Σ_clips q`` (METHOD §3.4): ``(b, n, K)`` → ``(b,)``."""
+    """Pseudo-label of each video, ``argmax_k Σ_clips q`` (docs/method.md §3.4): ``(b, n, K)`` → ``(b,)``."""
     return codes.sum(dim=1).argmax(dim=-1)

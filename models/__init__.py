@@ -1,5 +1,5 @@
-"""Backbones, motion excitation, heads and the multi-level model (METHOD §2); the downstream
-classifier of the evaluation protocol (METHOD §5)."""
+"""Backbones, motion excitation, heads and the multi-level model (docs/method.md §2); the downstream
+classifier of the evaluation protocol (docs/method.md §5)."""
 
 from models.backbone import Backbone
 from models.classifier import PROBE_LEVELS, ClassifierHead, VideoClassifier, level_dim, pool_high

@@ -1,4 +1,4 @@
-"""The contract shared by every video backbone (METHOD §2): three feature maps, low/mid/high."""
+"""The contract shared by every video backbone (docs/method.md §2): three feature maps, low/mid/high."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 
 class Backbone(nn.Module):
-    """A 3D CNN that returns its ``low``, ``mid`` and ``high`` feature maps (METHOD §2).
+    """A 3D CNN that returns its ``low``, ``mid`` and ``high`` feature maps (docs/method.md §2).
 
     ``forward(x)`` takes clips ``(N, 3, T, H, W)`` and returns ``{"low", "mid", "high"}`` maps of
     shape ``(N, C_level, T_level, H_level, W_level)``; ``out_channels[level]`` is ``C_level``.

@@ -1,4 +1,4 @@
-"""The downstream classifier of the evaluation protocol (METHOD §5): the pooled high feature of a
+"""The downstream classifier of the evaluation protocol (docs/method.md §5): the pooled high feature of a
 backbone (or another level, or all three concatenated: :data:`PROBE_LEVELS`) -> (L2 norm) ->
 (BatchNorm1d) -> (dropout) -> linear layer, with the backbone frozen (linear probe) or trained
 (fine-tuning).
@@ -21,7 +21,7 @@ PROBE_LEVELS = (*LEVELS, "all")
 
 
 def pool_high(features: Mapping[str, Tensor] | Tensor) -> Tensor:
-    """Time/space average of the backbone's ``high`` feature map (METHOD §5): ``(N, D, T, H, W)``
+    """Time/space average of the backbone's ``high`` feature map (docs/method.md §5): ``(N, D, T, H, W)``
     (or the backbone's output dict) -> ``(N, D)`` in float32."""
     x = features["high"] if isinstance(features, Mapping) else features
     if x.dim() != 5:
@@ -45,14 +45,14 @@ def level_dim(out_channels: Mapping[str, int], level: str = "high") -> int:
 
 def freeze(module: nn.Module) -> None:
     """``requires_grad=False`` on every parameter and eval mode (BN statistics frozen): the
-    frozen backbone of the linear probe (METHOD §5)."""
+    frozen backbone of the linear probe (docs/method.md §5)."""
     for p in module.parameters():
         p.requires_grad_(False)
     module.eval()
 
 
 class ClassifierHead(nn.Module):
-    """The downstream head of CoCLR's ``LinearClassifier`` (METHOD §5): optional L2
+    """The downstream head of CoCLR's ``LinearClassifier`` (docs/method.md §5): optional L2
     normalisation, optional ``BatchNorm1d`` (``final_bn``), optional dropout (fine-tuning), then
     one ``nn.Linear`` initialised N(0, 0.01) with zero bias (as in MoCo ``main_lincls.py``)."""
 
@@ -77,7 +77,7 @@ class ClassifierHead(nn.Module):
 
 class VideoClassifier(nn.Module):
     """Backbone -> pooled feature of ``level`` (default ``high``; :func:`pool_level`) ->
-    :class:`ClassifierHead` (METHOD §5).
+    :class:`ClassifierHead` (docs/method.md §5).
 
     ``frozen=True`` is the linear probe: every backbone parameter has ``requires_grad=False``,
     the backbone runs under ``no_grad`` and stays in eval mode whatever ``.train()`` is called

@@ -1,4 +1,4 @@
-"""Projection heads of the multi-level model (METHOD §2, "Heads" and "Global head")."""
+"""Projection heads of the multi-level model (docs/method.md §2, "Heads" and "Global head")."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 class MLPHead(nn.Sequential):
     """``Linear(c, c) → ReLU → Linear(c, out)`` on the last (channel) axis, no BatchNorm
-    (METHOD §2). Applied to ``(..., c)`` tensors, so it acts per time step on ``(..., t, c)``."""
+    (docs/method.md §2). Applied to ``(..., c)`` tensors, so it acts per time step on ``(..., t, c)``."""
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__(
@@ -17,7 +17,7 @@ class MLPHead(nn.Sequential):
 
 
 class GlobalHead(nn.Module):
-    """The head before the prototypes (METHOD §2, "Global head"):
+    """The head before the prototypes (docs/method.md §2, "Global head"):
     ``Linear(c, c) → BatchNorm1d → ReLU → Linear(c, out) → L2-normalise``, on ``(rows, c)``."""
 
     def __init__(self, in_dim: int, out_dim: int) -> None:

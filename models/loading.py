@@ -1,4 +1,4 @@
-"""Backbone weights in and out of train.py checkpoints (METHOD §5: probes and fine-tuning start
+"""Backbone weights in and out of train.py checkpoints (docs/method.md §5: probes and fine-tuning start
 from the pretrained backbone).
 
 A checkpoint is a dict whose ``"model"`` entry is the full :class:`MultiLevelModel` state dict
@@ -146,7 +146,7 @@ def pretraining_args(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def build_eval_backbone(pretrained: str | None, net: str | None = None,
                         width: float | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The backbone an evaluation evaluates (METHOD §5) and a description of it (``net``,
+    """The backbone an evaluation evaluates (docs/method.md §5) and a description of it (``net``,
     ``width``, ``init``, ``pretrained``).
 
     - ``pretrained`` and no ``net``: built from the checkpoint's ``model_config`` and loaded

@@ -1,4 +1,4 @@
-"""The motion excitation (ME) block applied to the low and mid features (METHOD §2).
+"""The motion excitation (ME) block applied to the low and mid features (docs/method.md §2).
 
 It follows TEA's ME module (Li et al., CVPR 2020), vectorised over time: the per-frame 2D convs
 are ``Conv3d`` with kernel (1, k, k), so no Python loop over frames.
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 
 class MotionExcitation(nn.Module):
-    """Channel-wise excitation by feature-level motion (METHOD §2, "Motion excitation").
+    """Channel-wise excitation by feature-level motion (docs/method.md §2, "Motion excitation").
 
     For an input ``x_in`` of shape ``(N, c, T, H, W)``:
 

@@ -1,4 +1,4 @@
-"""The multi-level model: backbone + temporal reversal + motion excitation + heads (METHOD §2)."""
+"""The multi-level model: backbone + temporal reversal + motion excitation + heads (docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ MOTION_LEVELS = ("low", "mid")
 
 
 def freeze_prototypes_grad(prototypes: nn.Module, epoch: int) -> None:
-    """Drop the prototypes' gradients during epoch 0 (METHOD §2, "Global head").
+    """Drop the prototypes' gradients during epoch 0 (docs/method.md §2, "Global head").
 
     Call after ``backward()`` (and after ``scaler.unscale_`` if any) and before
     ``optimizer.step()``: in epoch 0 every parameter of ``prototypes`` gets ``grad = None``, so
@@ -30,7 +30,7 @@ def freeze_prototypes_grad(prototypes: nn.Module, epoch: int) -> None:
 
 
 class MultiLevelModel(nn.Module):
-    """Backbone and heads producing every feature the objectives of METHOD §3 use (METHOD §2).
+    """Backbone and heads producing every feature the objectives of docs/method.md §3 use (docs/method.md §2).
 
     ``forward(clips)`` takes ``(b, n+1, 3, T, H, W)``: ``n`` local clips then the global clip
     (last index of dim 1), and runs the backbone once on all ``b·(n+1)`` clips. Per level:
@@ -90,12 +90,12 @@ class MultiLevelModel(nn.Module):
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
-        """L2-normalise the prototype rows in place (METHOD §2; call before every step)."""
+        """L2-normalise the prototype rows in place (docs/method.md §2; call before every step)."""
         w = self.prototypes.weight
         w.copy_(F.normalize(w, dim=1))
 
     def drop_prototype_grads(self, epoch: int) -> None:
-        """Drop the prototypes' gradients in epoch 0 (METHOD §2): call after ``backward()`` and
+        """Drop the prototypes' gradients in epoch 0 (docs/method.md §2): call after ``backward()`` and
         before ``optimizer.step()`` (:func:`freeze_prototypes_grad`)."""
         freeze_prototypes_grad(self.prototypes, epoch)
 
@@ -108,7 +108,7 @@ class MultiLevelModel(nn.Module):
         self, level: str, feature: Tensor, b: int, n: int
     ) -> tuple[Tensor, Tensor | None]:
         """Time sequences ``(b, n+1, t, c)`` of all clips in normal order and, for the motion
-        levels, ``(b, n, t, c)`` of the time-reversed local clips (METHOD §2)."""
+        levels, ``(b, n, t, c)`` of the time-reversed local clips (docs/method.md §2)."""
         if level in self.motion:  # (b·(n+1), c, T, h, w): time is dim 2
             feature = self.motion[level](torch.cat([feature, feature.flip(2)]))
         seq = (
@@ -123,7 +123,7 @@ class MultiLevelModel(nn.Module):
 
     def forward(self, clips: Tensor, with_graph: bool = False) -> MultiLevelOutput:
         """``clips (b, n+1, 3, T, H, W)`` (global clip last) → :class:`MultiLevelOutput`;
-        ``graph`` is filled only when ``with_graph`` (METHOD §3.5, from the split epoch)."""
+        ``graph`` is filled only when ``with_graph`` (docs/method.md §3.5, from the split epoch)."""
         if clips.dim() != 6 or clips.shape[1] < 2:
             raise ValueError(
                 "expected clips of shape (b, n+1, 3, T, H, W) with n >= 1, "
@@ -166,7 +166,7 @@ def build_model(
     cluster: int = 1000,
     time_steps: Sequence[int] = (8, 4, 2),
 ) -> MultiLevelModel:
-    """The multi-level model of METHOD §2; ``channel`` and ``cluster`` are the flags of the
+    """The multi-level model of docs/method.md §2; ``channel`` and ``cluster`` are the flags of the
     same names."""
     return MultiLevelModel(
         net=net, width=width, channel=channel, cluster=cluster, time_steps=time_steps

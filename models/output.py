@@ -1,4 +1,4 @@
-"""The structured result of the multi-level model (METHOD.md §2), consumed by ``losses/``."""
+"""The structured result of the multi-level model (docs/method.md §2), consumed by ``losses/``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +17,7 @@ class MultiLevelOutput:
 
     - ``proj[level]``: ``(b, n, C)`` time-pooled projections of the normal-order local clips.
     - ``proj_reversed[level]`` for ``low`` and ``mid``: ``(b, n, C)``, same for the time-reversed
-      copies of the local clips (METHOD §2 "Temporal reversal").
+      copies of the local clips (docs/method.md §2 "Temporal reversal").
     - ``fine_local[level]``: ``(b, n, t_level, C)`` per-time-step features of the local clips,
       normal order; ``t`` = 8/4/2 for low/mid/high by default.
     - ``fine_global[level]``: ``(b, t_level, C)`` the same for the global clip.

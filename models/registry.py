@@ -1,4 +1,4 @@
-"""Backbones by name (METHOD §2): ``build_backbone(net, width)`` and ``NETS``."""
+"""Backbones by name (docs/method.md §2): ``build_backbone(net, width)`` and ``NETS``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """3D ResNets of Hara et al. ("Can spatiotemporal 3D CNNs retrace the history of 2D CNNs and
-ImageNet?", CVPR 2018) as used by the paper: R3D-10/18/34 with a width multiplier (METHOD §2).
+ImageNet?", CVPR 2018) as used by the paper: R3D-10/18/34 with a width multiplier (docs/method.md §2).
 
 Built from torchvision's ``BasicBlock`` and ``Conv3DSimple``; the layer builder is ours because
 ``torchvision.models.video.VideoResNet`` hard-codes 64/128/256/512 channels and a (3,7,7) stem.
@@ -32,7 +32,7 @@ def _make_layer(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Seq
 
 
 class ResNet3D(Backbone):
-    """Hara et al.'s 3D ResNet with BasicBlocks, returning layer2/3/4 as low/mid/high (METHOD §2).
+    """Hara et al.'s 3D ResNet with BasicBlocks, returning layer2/3/4 as low/mid/high (docs/method.md §2).
 
     Stem: Conv3d 7×7×7, stride (1,2,2), padding 3 → BN → ReLU → MaxPool3d (1,3,3), stride (1,2,2).
     ``layer1`` (stride 1) then ``layer2..4`` (stride 2 in time and space), with
@@ -72,7 +72,7 @@ def r3d_10(width: float = 1.0) -> ResNet3D:
 
 
 def r3d_18(width: float = 1.0) -> ResNet3D:
-    """R3D-18, the paper's backbone (METHOD §2): two BasicBlocks per stage."""
+    """R3D-18, the paper's backbone (docs/method.md §2): two BasicBlocks per stage."""
     return ResNet3D((2, 2, 2, 2), width)
 
 

@@ -1,4 +1,4 @@
-"""S3D (Xie et al., ECCV 2018), CoCLR's backbone, with low/mid/high taps (METHOD §2).
+"""S3D (Xie et al., ECCV 2018), CoCLR's backbone, with low/mid/high taps (docs/method.md §2).
 
 Built from torchvision's ``TemporalSeparableConv`` and ``SepInceptionBlock3D`` with a width
 multiplier on every channel count. There is no classifier and no fixed-size pooling, so any clip
@@ -32,7 +32,7 @@ INCEPTION_SPECS: dict[str, tuple[int, int, int, int, int, int]] = {
 
 
 class S3DBackbone(Backbone):
-    """S3D returning Mixed_3c / Mixed_4f / Mixed_5c as low / mid / high (METHOD §2).
+    """S3D returning Mixed_3c / Mixed_4f / Mixed_5c as low / mid / high (docs/method.md §2).
 
     Output sizes for a T×H×W clip: low 480×T/2×H/8×W/8, mid 832×T/4×H/16×W/16,
     high 1024×T/8×H/32×W/32 (channels × ``width``; e.g. 480×8×28×28, 832×4×14×14, 1024×2×7×7 at

@@ -1,4 +1,4 @@
-"""Benchmark the pretraining data pipeline (METHOD §1) per DataLoader worker.
+"""Benchmark the pretraining data pipeline (docs/method.md §1) per DataLoader worker.
 
 Measures samples/s of ``PretrainDataset.__getitem__`` (one sample = ``n + 1`` augmented clips of
 ``T`` frames at ``img_dim²``) in this process with ``--workers 0`` semantics and, by default, one

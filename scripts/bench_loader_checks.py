@@ -1,6 +1,6 @@
 """Numerical checks printed by ``scripts/bench_loader.py``: that the pipelines it compares see
 the same data (:func:`check_agreement`), and how far the fast colour kernel is from torchvision's
-maths under the same METHOD §1 draws (:func:`colour_deviation`)."""
+maths under the same docs/method.md §1 draws (:func:`colour_deviation`)."""
 from __future__ import annotations
 
 import argparse
@@ -81,7 +81,7 @@ def check_agreement(dataset: PretrainDataset, device_dataset: PretrainDataset,
 
 def colour_deviation(clips: torch.Tensor, seed: int) -> dict[str, float]:
     """The default (fast) colour kernel against torchvision's maths (``exact=True``) on uint8 clips
-    ``(C, T, 3, S, S)`` under the same METHOD §1 draws, per pixel in normalised units:
+    ``(C, T, 3, S, S)`` under the same docs/method.md §1 draws, per pixel in normalised units:
 
     * ``fast_mean`` / ``fast_p99`` / ``fast_max``: |fast − exact|;
     * ``jitter_mean`` / ``jitter_max``: |exact − grayscale only|, the jitter's own size;
@@ -106,7 +106,7 @@ def colour_deviation(clips: torch.Tensor, seed: int) -> dict[str, float]:
 
 def deviation_sources(dataset: PretrainDataset, args: argparse.Namespace
                       ) -> dict[str, torch.Tensor]:
-    """uint8 clips ``(4, T, 3, S, S)`` (METHOD §1 boxes and flips) for :func:`colour_deviation`:
+    """uint8 clips ``(4, T, 3, S, S)`` (docs/method.md §1 boxes and flips) for :func:`colour_deviation`:
     from the first ``T`` frames of the benchmark's video 0, and from a real photo (matplotlib's
     ``grace_hopper.jpg``, every frame the same photo) when its sample data is installed."""
     torch.manual_seed(args.seed)

@@ -1,4 +1,4 @@
-"""Benchmark the multi-level objective (METHOD.md §3) against a per-sample loop baseline.
+"""Benchmark the multi-level objective (docs/method.md §3) against a per-sample loop baseline.
 
 Forward + backward of the objective alone at the paper's scale (global batch 256 videos, n = 2
 clips, K = 1000 prototypes, 128 channels, t = 8/4/2, a full 1024-row score queue, every term

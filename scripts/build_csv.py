@@ -1,4 +1,4 @@
-"""Write the METHOD §1 CSV files (``path,num_frames[,label]``) for frame folders or video files.
+"""Write the docs/method.md §1 CSV files (``path,num_frames[,label]``) for frame folders or video files.
 
     python scripts/build_csv.py ucf101   --frames_root F --splits_dir ucfTrainTestlist --split 1 --out_dir data/ucf101
     python scripts/build_csv.py hmdb51   --frames_root F --splits_dir testTrainMulti_7030_splits --split 1 --out_dir data/hmdb51
@@ -277,7 +277,7 @@ def build_folder(args: argparse.Namespace, builder: Builder) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Write path,num_frames[,label] CSVs (METHOD §1) for extracted frame folders "
+        description="Write path,num_frames[,label] CSVs (docs/method.md §1) for extracted frame folders "
                     "(scripts/extract_frames.py, --frames_root) or for the video files "
                     "themselves (--videos_root; exact decoded frame counts). Frame counts are "
                     "read from disk; videos without frames are reported and left out.")

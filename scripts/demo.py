@@ -31,7 +31,7 @@ from utils.logging import write_json  # noqa: E402
 
 @dataclass
 class Setting:
-    """The sizes of one demo scale (METHOD §4 scaled down)."""
+    """The sizes of one demo scale (docs/method.md §4 scaled down)."""
 
     net: str
     width: float
@@ -50,36 +50,36 @@ class Setting:
     num_classes: int = 4
     segment: int = 0  # frames per appearance segment of the synthetic videos (0 = one look)
     # Appearances shared by all videos (datasets/synthetic.py): with a look of its own per video
-    # the instance contrast is solved by appearance and learns no motion (measured; README).
+    # the instance contrast is solved by appearance and learns no motion (measured; docs/demo.md).
     looks: int = 4
     queue_start: int = 1000  # the queue matters at K400 scale, not for a few hundred videos
     queue_size: int = 256
-    # METHOD §1's per-frame colour jitter and grayscale at 32 px stop the instance contrast from
-    # learning within the demo's budget (measured; README, demo section): weaker colour here.
+    # docs/method.md §1's per-frame colour jitter and grayscale at 32 px stop the instance contrast from
+    # learning within the demo's budget (measured; docs/demo.md): weaker colour here.
     color_strength: float = 0.0
     grayscale_p: float = 0.0
     # DataLoader workers of every stage. On 2 cores, 2 workers beside 2 compute threads slowed a
-    # pretraining epoch from ~9 s to 14-16 s (measured; README); 1 keeps up (data wait ~3 %).
+    # pretraining epoch from ~9 s to 14-16 s (measured; docs/demo.md); 1 keeps up (data wait ~3 %).
     workers: int = 2
     num_clips: int = 4
     probe_epochs: int = 100
     # eval_linear.py's cached-probe default (SGD, lr 1.0) overshoots on a few hundred videos
-    # (2 steps per epoch); 0.1 was better for random init and pretrained alike (README).
+    # (2 steps per epoch); 0.1 was better for random init and pretrained alike (docs/demo.md).
     probe_lr: float = 0.1
     order_epochs: int = 10
     # The order head sees ~90 videos, i.e. 3 steps per epoch: at main_temporal.py's default Adam
     # lr 1e-3 its 30 steps barely move it (full objective: train 55.6 %, val 55.3 %); at 0.03 it
-    # fits what the features hold (68.0 % full, 50.7 % random init; measured, README).
+    # fits what the features hold (68.0 % full, 50.7 % random init; measured, docs/demo.md).
     order_lr: float = 0.03
     # The temporal-order probe runs on the videos of this one motion class. Reversing a video maps
     # class c to class C-1-c (datasets/synthetic.py), so over all classes a reversed clip looks like
-    # a forward clip of another class and every backbone is at chance (measured; README). Within
+    # a forward clip of another class and every backbone is at chance (measured; docs/demo.md). Within
     # one class the reversed clips move the other way, which the features must see.
     order_class: int = 0
 
 
 SETTINGS = {
-    # 5-8 minutes on 2 CPU cores, everything included (measured on two machines; README).
+    # 5-8 minutes on 2 CPU cores, everything included (measured on two machines; docs/demo.md).
     "cpu": Setting(net="r3d_18", width=0.125, seq=16, img_dim=32, channel=64, cluster=32, batch=8,
                    epochs=12, split=6, lr_decay=12, lr=3e-3, num_videos=480, frames=48, size=40,
                    workers=1),
@@ -89,7 +89,7 @@ SETTINGS = {
                    workers=8),
 }
 
-# The ablations the paper argues for, each a set of train.py flags (METHOD §3 "Total").
+# The ablations the paper argues for, each a set of train.py flags (docs/method.md §3 "Total").
 VARIANTS: dict[str, list[str]] = {
     "full": [],
     "no_temporal": ["--w_mot_low", "0", "--w_mot_mid", "0",

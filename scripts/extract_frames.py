@@ -1,4 +1,4 @@
-"""Extract the RGB frames of every video under a folder into METHOD §1 frame folders.
+"""Extract the RGB frames of every video under a folder into docs/method.md §1 frame folders.
 
     python scripts/extract_frames.py --src UCF-101 --dst data/ucf101/frames --short_side 128 --workers 8
 
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Decode every video (mp4/avi/mkv/webm/mov) under --src with PyAV into "
                     "JPEG frame folders <dst>/<relative path without extension>/image_%05d.jpg "
-                    "(METHOD §1 layout). Resumable: finished videos carry a .done marker.",
+                    "(docs/method.md §1 layout). Resumable: finished videos carry a .done marker.",
         epilog="example: python scripts/extract_frames.py --src data/UCF-101 "
                "--dst data/ucf101/frames --short_side 128 --workers 8")
     parser.add_argument("--src", required=True, help="folder searched recursively for videos")

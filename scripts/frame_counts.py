@@ -3,7 +3,7 @@
 * Frame folders (``scripts/extract_frames.py`` output): :func:`scan_video` reads the ``.done``
   marker, else lists ``image_%05d.jpg`` once; threads, since this is file-system bound.
 * Video files: :func:`scan_video_file` is :func:`datasets.video.count_frames`, the exact number
-  of frames a full decode yields (METHOD §1 ``num_frames``); worker processes with a progress bar,
+  of frames a full decode yields (docs/method.md §1 ``num_frames``); worker processes with a progress bar,
   since decoding is CPU bound.
 """
 

@@ -1,11 +1,11 @@
-"""Where the local–global alignment puts its probability (METHOD §3.3), for a train.py checkpoint.
+"""Where the local–global alignment puts its probability (docs/method.md §3.3), for a train.py checkpoint.
 
 ``L_lg`` matches the ``t`` pooled steps of the local clips to the ``t`` steps of the global clip.
 Its value alone does not say what was learned: this script prints, per level, the mean over
 videos of ``softmax_k(<local_m, global_k>/τ)`` (row ``m`` = local step, column ``k`` = global
 step, in %) next to the loss and its chance value ``ln t``. A diagonal matrix means the
 timestamps are resolved; mass split between ``k = m`` and ``k = m ± t/n`` means the position
-inside a local clip is resolved but not which of the ``n`` clips it is (the README's demo section
+inside a local clip is resolved but not which of the ``n`` clips it is (docs/demo.md
 shows such a case).
 
     python scripts/inspect_alignment.py --checkpoint runs/demo/pretrain_full/checkpoint_last.pth \\

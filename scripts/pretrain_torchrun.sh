@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pretraining on all GPUs of one machine with torchrun (no SLURM).
 #
-#   scripts/pretrain_torchrun.sh k400            # Kinetics-400 recipe (METHOD §4)
+#   scripts/pretrain_torchrun.sh k400            # Kinetics-400 recipe (docs/method.md §4)
 #   scripts/pretrain_torchrun.sh ucf101          # UCF101 recipe
 #   NGPU=2 CSV=my.csv OUT=runs/x scripts/pretrain_torchrun.sh ucf101 --epoch 10   # extra flags last
 #
@@ -18,9 +18,9 @@ PYTHON=${PYTHON:-.venv/bin/python}
 GLOBAL_BATCH=${GLOBAL_BATCH:-256}             # the paper's 64 per GPU x 4 GPUs
 
 case "$RECIPE" in
-  k400)   CSV=${CSV:-data/kinetics400/train.csv}; OUT=${OUT:-runs/k400_r3d18}
+  k400)   CSV=${CSV:-data/kinetics400/kinetics400_train.csv}; OUT=${OUT:-runs/k400_r3d18}
           RECIPE_FLAGS=(--cluster 1000 --epoch 100 --lr_decay 70 --split 20) ;;
-  ucf101) CSV=${CSV:-data/ucf101/pretrain_split1.csv}; OUT=${OUT:-runs/ucf101_r3d18}
+  ucf101) CSV=${CSV:-data/ucf101/ucf101_pretrain_split1.csv}; OUT=${OUT:-runs/ucf101_r3d18}
           RECIPE_FLAGS=(--cluster 200 --epoch 300 --lr_decay 200 --split 50) ;;
   *) echo "usage: $0 k400|ucf101 [extra train.py flags]" >&2; exit 2 ;;
 esac

@@ -8,7 +8,7 @@ short side is ``--short_side`` pixels (as ``scripts/extract_frames.py``; both si
 to even numbers, which 4:2:0 chroma needs), a keyframe at least every ``--gop`` frames, no
 B-frames and ``tune=fastdecode``, video stream only. A random clip then costs at most
 ``gop - 1`` frames decoded ahead of the ones it needs, which is what makes reading the videos
-directly in training cheap (METHOD §1 clip sampling; see ``docs/video_input.md``).
+directly in training cheap (docs/method.md §1 clip sampling; see ``docs/video_input.md``).
 
 Frames are passed one to one at a constant frame rate equal to the source's average rate, so
 frame ``k`` of the output is the ``k``-th decoded frame of the source: no frame is dropped or

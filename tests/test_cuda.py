@@ -59,7 +59,7 @@ def on_device(out: MultiLevelOutput, device: torch.device) -> MultiLevelOutput:
 
 
 def test_objective_on_the_device_equals_the_cpu() -> None:
-    """Loss parts and gradients of the whole METHOD §3 objective (queue and graph on)."""
+    """Loss parts and gradients of the whole docs/method.md §3 objective (queue and graph on)."""
     b, n, c, k = 4, 2, 8, 5
 
     def run(device: torch.device) -> tuple[dict[str, float], dict[str, torch.Tensor]]:

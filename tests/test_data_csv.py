@@ -1,4 +1,4 @@
-"""CSV reading and validation (METHOD §1): formats, path resolution, one clear error per problem."""
+"""CSV reading and validation (docs/method.md §1): formats, path resolution, one clear error per problem."""
 
 from __future__ import annotations
 

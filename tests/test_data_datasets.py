@@ -1,4 +1,4 @@
-"""PretrainDataset / ClipDataset on tiny frame folders (METHOD §1, §5) and the skip policy."""
+"""PretrainDataset / ClipDataset on tiny frame folders (docs/method.md §1, §5) and the skip policy."""
 
 from __future__ import annotations
 

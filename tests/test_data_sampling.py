@@ -1,4 +1,4 @@
-"""Frame-index arithmetic of METHOD §1 against hand-written expectations."""
+"""Frame-index arithmetic of docs/method.md §1 against hand-written expectations."""
 
 from __future__ import annotations
 

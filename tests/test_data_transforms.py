@@ -1,4 +1,4 @@
-"""Clip augmentation of METHOD §1: one crop box per clip, per-frame colour ops, the distribution
+"""Clip augmentation of docs/method.md §1: one crop box per clip, per-frame colour ops, the distribution
 of the drawn factors, the exact (torchvision) colour kernel and the fast affine one, and the
 fast kernel's distance from torchvision on a real photo."""
 
@@ -72,7 +72,7 @@ def test_grayscale_is_drawn_per_frame_and_copies_one_channel():
 
 @pytest.mark.parametrize("exact", [False, True])
 def test_grayscale_comes_before_the_jitter(exact):
-    """METHOD §1 (and the reference code): a grayscale frame is one raw channel, so saturation and
+    """docs/method.md §1 (and the reference code): a grayscale frame is one raw channel, so saturation and
     hue leave it gray; jitter first would copy a hue-rotated channel instead."""
     red = torch.zeros(1, 1, 3, 4, 4, dtype=torch.uint8)
     red[:, :, 0] = 255
@@ -155,7 +155,7 @@ def test_rejects_non_uint8_clips():
 # ---------------------------------------------------------------- the kernels vs plain per-frame references
 def reference_frame(frame: torch.Tensor, b: float, c: float, s: float, h: float,
                     gray_channel: int | None) -> torch.Tensor:
-    """METHOD §1 colour part of one uint8 frame (3, H, W), written plainly with torchvision: the
+    """docs/method.md §1 colour part of one uint8 frame (3, H, W), written plainly with torchvision: the
     channel copy as a loop, then the jitter in the fixed order, then Normalize."""
     x = frame.float() / 255
     if gray_channel is not None:
@@ -167,7 +167,7 @@ def reference_frame(frame: torch.Tensor, b: float, c: float, s: float, h: float,
 
 
 def reference_augment(clip: torch.Tensor, img_dim: int, p: float = 0.5) -> torch.Tensor:
-    """PretrainAugment at the METHOD §1 strengths as the straightforward per-frame loop, drawing
+    """PretrainAugment at the docs/method.md §1 strengths as the straightforward per-frame loop, drawing
     the same random numbers in the same order: crop box, flip, then per frame brightness,
     contrast, saturation factors (T,1,1,1), hue shifts (T,1,1), grayscale channel and decision."""
     box = random_resized_crop_box(clip.shape[-2], clip.shape[-1])
@@ -306,7 +306,7 @@ def test_fast_pretrain_augment_draws_as_the_exact_one_and_follows_its_reference(
 
 
 def test_fast_kernel_applies_each_factor_as_drawn():
-    """Each op of the fast kernel alone does what its METHOD §1 factor says, on a frame whose
+    """Each op of the fast kernel alone does what its docs/method.md §1 factor says, on a frame whose
     values stay inside [0, 1]: brightness scales, contrast scales around the mean luma,
     saturation scales the distance from the luma, hue turns the colour about the grey axis
     (keeping the mean and the chroma norm; 1/3 turn takes red to green, -1/3 to blue)."""
@@ -377,7 +377,7 @@ def ks_uniform(samples: torch.Tensor, low: float, high: float) -> float:
 
 @pytest.mark.parametrize("strength", [1.0, 0.5])
 def test_colour_factors_are_uniform_per_frame_as_method_1(strength):
-    """METHOD §1 at --color_strength k: brightness, contrast, saturation ~ U(1-k/2, 1+k/2), hue ~
+    """docs/method.md §1 at --color_strength k: brightness, contrast, saturation ~ U(1-k/2, 1+k/2), hue ~
     U(-k/4, k/4), each frame its own draw (no correlation between neighbouring frames or between
     the ops), grayscale with p = 0.5 copying a uniformly chosen channel. Fixed seed; the KS
     bound is the 1 % critical value (1.63/sqrt(n)), the others 4-sigma bounds."""
@@ -406,7 +406,7 @@ def test_colour_factors_are_uniform_per_frame_as_method_1(strength):
 
 
 def test_pretrain_augment_draws_the_method_1_strengths_per_frame():
-    """PretrainAugment's defaults are METHOD §1's: per-frame factors in [0.5, 1.5] and hue in
+    """PretrainAugment's defaults are docs/method.md §1's: per-frame factors in [0.5, 1.5] and hue in
     [-0.25, 0.25], spread uniformly over the range, a new draw for every frame and every clip."""
     torch.manual_seed(0)
     aug = PretrainAugment(16)
@@ -421,7 +421,7 @@ def test_pretrain_augment_draws_the_method_1_strengths_per_frame():
 
 # ---------------------------------------------------------------- the fast kernel vs torchvision
 def real_clips() -> torch.Tensor:
-    """Eight clips of 16 random crops (METHOD §1's boxes, resized to 112², flipped) of a real
+    """Eight clips of 16 random crops (docs/method.md §1's boxes, resized to 112², flipped) of a real
     photo, matplotlib's grace_hopper.jpg (matplotlib is a runtime dependency)."""
     cbook = pytest.importorskip("matplotlib.cbook")
     from torchvision.io import decode_jpeg, read_file

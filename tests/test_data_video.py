@@ -1,4 +1,4 @@
-"""Video files in place of frame folders (METHOD §1): exact frame counts and indices, the decoder
+"""Video files in place of frame folders (docs/method.md §1): exact frame counts and indices, the decoder
 against a full decode and against ``extract_frames.py``, bad input, the scripts, and pretraining,
 the linear probe and the temporal-order probe end to end on CSVs of video files."""
 

@@ -1,4 +1,4 @@
-"""Pure evaluation functions (engine/evaluate.py, METHOD §5): scoring, retrieval, kNN, the linear
+"""Pure evaluation functions (engine/evaluate.py, docs/method.md §5): scoring, retrieval, kNN, the linear
 probe on cached features, shard gathering and the probe-hygiene checks."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""eval_linear.py and finetune.py end to end on a tiny synthetic set (METHOD §5), and the
+"""eval_linear.py and finetune.py end to end on a tiny synthetic set (docs/method.md §5), and the
 frozen-backbone guarantee of the linear probe on a real (tiny) R3D with BatchNorm."""
 from __future__ import annotations
 

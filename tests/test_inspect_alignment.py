@@ -1,4 +1,4 @@
-"""scripts/inspect_alignment.py: the local→global assignment matrix of METHOD §3.3."""
+"""scripts/inspect_alignment.py: the local→global assignment matrix of docs/method.md §3.3."""
 from __future__ import annotations
 
 import math

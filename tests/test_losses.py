@@ -1,4 +1,4 @@
-"""The objectives of METHOD.md §3 against brute-force references written with explicit loops
+"""The objectives of docs/method.md §3 against brute-force references written with explicit loops
 (float64), their invariants, and a tiny model that the objective trains.
 
 Single process throughout (no process group); the two-process equivalence is in
@@ -48,7 +48,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- references
-# Written straight from METHOD §3 with Python loops over videos, clips and entries.
+# Written straight from docs/method.md §3 with Python loops over videos, clips and entries.
 
 
 def ref_instance(z: torch.Tensor, tau: float = TAU) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,7 +341,7 @@ def test_swapped_prediction_matches_reference(n: int) -> None:
     ref.backward()
     close(scores.grad, s64.grad)
     assert codes.grad is None                                  # gradient reaches the scores only
-    if n == 2:  # METHOD's two-clip formula
+    if n == 2:  # the method's two-clip formula
         lp = F.log_softmax(scores.detach() / 0.1, -1)
         two = -0.5 * (codes[:, 1] * lp[:, 0] + codes[:, 0] * lp[:, 1]).sum(-1).mean()
         close(loss, two)
@@ -448,7 +448,7 @@ def test_graph_loss_matches_reference() -> None:
 
 
 def reference_total(out: MultiLevelOutput, codes: torch.Tensor, w: LossWeights, graph: bool) -> dict:
-    """Every term of METHOD §3 "Total" from the loop references."""
+    """Every term of docs/method.md §3 "Total" from the loop references."""
     parts = {}
     parts["ins"], g_ins = ref_instance(out.proj["high"].detach())
     for lv in ("mid", "low"):

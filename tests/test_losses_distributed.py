@@ -1,5 +1,5 @@
 """Two gloo processes with ``b`` videos each give the single-process objective on ``2b`` videos
-(METHOD.md §3, "Distributed semantics").
+(docs/method.md §3, "Distributed semantics").
 
 Gradient bookkeeping. Let ``L_r`` be rank ``r``'s loss (a mean over its own ``b`` videos' terms)
 and ``L`` the single-process loss on the ``W·b`` videos. Every term is a mean over equally many

@@ -1,4 +1,4 @@
-"""Backbones, motion excitation and the multi-level model (METHOD §2)."""
+"""Backbones, motion excitation and the multi-level model (docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def _bn2d(bn: torch.nn.BatchNorm3d, y: Tensor) -> Tensor:
 
 
 def reference_motion_excitation(block: MotionExcitation, x: Tensor) -> Tensor:
-    """METHOD §2 written frame by frame with 2D convs (BatchNorm in eval mode)."""
+    """docs/method.md §2 written frame by frame with 2D convs (BatchNorm in eval mode)."""
     frames = x.unbind(2)
     reduced = [_bn2d(block.reduce[1], F.conv2d(f, block.reduce[0].weight[:, :, 0])) for f in frames]
     spatial = [
@@ -240,7 +240,7 @@ def test_reversed_copies_are_time_flipped_local_features() -> None:
         assert torch.equal(me_input[b * (n + 1) :], torch.flip(low, dims=[2]))
 
         def proj_of(features: Tensor) -> Tensor:
-            """METHOD §2 read literally: the MLP per time step, then the mean over time."""
+            """docs/method.md §2 read literally: the MLP per time step, then the mean over time."""
             pooled = F.adaptive_avg_pool3d(model.motion["low"](features), (8, 1, 1))
             steps = pooled.flatten(2).transpose(1, 2)  # (clips, t, c)
             per_step = torch.stack([model.proj["low"](steps[:, k]) for k in range(steps.shape[1])], 1)

@@ -1,4 +1,4 @@
-"""A probe that cannot fail silently (METHOD §5): the divergence guard, the held-out sweep of the
+"""A probe that cannot fail silently (docs/method.md §5): the divergence guard, the held-out sweep of the
 cached probe's lr / wd, the chance-level flag, the probed feature level and the clip size read
 from the pretraining checkpoint."""
 from __future__ import annotations

@@ -61,7 +61,7 @@ def test_run_writes_every_output(straight_run):
     assert "graph" not in log[0] and "graph_high" not in log[0]
     assert log[1]["graph"] > 0 and {"graph_low", "graph_mid", "graph_high"} <= set(log[1])
     assert log[0]["lr"] == pytest.approx(1e-3) and log[1]["lr"] == pytest.approx(1e-4)
-    # the total is the weighted sum of its parts (METHOD §3 "Total")
+    # the total is the weighted sum of its parts (docs/method.md §3 "Total")
     weighted = sum(v for k, v in log[1].items() if k.endswith("_weighted"))
     assert weighted == pytest.approx(log[1]["loss"], rel=1e-5)
     assert 1 <= log[1]["distinct_pseudo_labels"] <= 16
@@ -101,7 +101,7 @@ def test_interrupted_and_resumed_run_matches_straight_run(straight_run, videos, 
     out = tmp_path / "resumed"
     first = train.main(tiny_argv(videos, out, "--epoch", "1", "--split", "1", "--seed", "3"))
     assert first["epochs_done"] == 1
-    # METHOD §2: prototype gradients are dropped in epoch 0 (rows only renormalised), used from epoch 1
+    # docs/method.md §2: prototype gradients are dropped in epoch 0 (rows only renormalised), used from epoch 1
     from models import build_model
 
     torch.manual_seed(3)  # what train.py's seed_everything(seed=3, rank=0) gives the model init

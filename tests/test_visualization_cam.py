@@ -1,4 +1,4 @@
-"""Pure parts of the temporal-order probe and CAM (METHOD §5): shapes, linearity, rendering."""
+"""Pure parts of the temporal-order probe and CAM (docs/method.md §5): shapes, linearity, rendering."""
 from __future__ import annotations
 
 import numpy as np
@@ -43,7 +43,7 @@ def test_cam_shape_and_linearity_against_pooled_logits() -> None:
     # one position by hand
     assert torch.allclose(cam[1, 0, 1, 2, 4], features[1, :, 1, 2, 4] @ weight[0])
     # averaged over (t, h, w), the CAM is the head's logits on the pooled feature
-    # (pool_high: the probe's pooling, METHOD §5)
+    # (pool_high: the probe's pooling, docs/method.md §5)
     torch.testing.assert_close(cam.mean(dim=(2, 3, 4)), pool_high(features).double() @ weight.t(),
                                atol=1e-5, rtol=0)
     # the same in float32, which is what the script runs in

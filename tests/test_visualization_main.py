@@ -1,4 +1,4 @@
-"""End to end: the temporal-order probe and its heat maps (METHOD §5), on tiny frame folders."""
+"""End to end: the temporal-order probe and its heat maps (docs/method.md §5), on tiny frame folders."""
 from __future__ import annotations
 
 import json
@@ -158,7 +158,7 @@ def test_help_explains() -> None:
 
 
 def test_cam_on_backbone_features_matches_pooled_head(data) -> None:
-    """METHOD §5: the CAM of a real backbone's high map averages to the probe's logits, and
+    """docs/method.md §5: the CAM of a real backbone's high map averages to the probe's logits, and
     upsamples to the clip's own (T, H, W) for any input size."""
     torch.manual_seed(0)
     backbone = build_backbone("r3d_18", 0.125).eval()

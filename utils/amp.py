@@ -48,7 +48,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
 @contextlib.contextmanager
 def fp32_region(x: torch.Tensor) -> Iterator[None]:
     """Disable autocast for ``x``'s device type inside the block (no-op where unsupported, e.g.
-    ``meta``): the float32 islands inside an autocast forward (the objectives of METHOD §3, the
+    ``meta``): the float32 islands inside an autocast forward (the objectives of docs/method.md §3, the
     prototype scores that feed Sinkhorn)."""
     device_type = x.device.type
     if device_type in ("cuda", "cpu", "xpu", "mps", "hpu"):

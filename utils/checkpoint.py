@@ -1,6 +1,6 @@
 """Checkpoints: atomic writes, safe (``weights_only=True``) loads, auto-resume, RNG state.
 
-A checkpoint written by train.py is one dict (METHOD §4):
+A checkpoint written by train.py is one dict (docs/method.md §4):
 ``{"model", "model_config", "objective", "optimizer", "scaler", "epoch", "step", "args", "rng",
 "version"}`` where ``epoch`` is the next epoch to run. Everything in it is a tensor or a plain
 Python container/primitive, so it loads with ``torch.load(..., weights_only=True)``.

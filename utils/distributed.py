@@ -1,4 +1,4 @@
-"""torch.distributed plumbing shared by the entry scripts and the objectives (METHOD.md §3,
+"""torch.distributed plumbing shared by the entry scripts and the objectives (docs/method.md §3,
 "Distributed semantics").
 
 Every helper here is a no-op (or the identity) when ``torch.distributed`` is not initialised, so

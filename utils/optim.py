@@ -1,6 +1,6 @@
 """Optimisers and learning-rate schedules: Adam with lr x 0.1 at epoch ``--lr_decay`` for
-pretraining (METHOD §4), SGD or Adam with a step schedule for the probes and fine-tuning
-(METHOD §5)."""
+pretraining (docs/method.md §4), SGD or Adam with a step schedule for the probes and fine-tuning
+(docs/method.md §5)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -12,7 +12,7 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 
 
 def step_decay_lr(base_lr: float, epoch: int, milestones: int | Iterable[int], gamma: float = 0.1) -> float:
-    """Learning rate of ``epoch`` (0-based) under a step schedule (METHOD §4).
+    """Learning rate of ``epoch`` (0-based) under a step schedule (docs/method.md §4).
 
     The rate is ``base_lr * gamma ** k`` where ``k`` is the number of milestones ``<= epoch``:
     with ``--lr_decay 70`` epochs 0..69 run at ``base_lr`` and epochs 70.. at ``base_lr / 10``.
@@ -33,7 +33,7 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def build_optimizer(param_groups: Sequence[dict[str, Any]], name: str, lr: float,
                     weight_decay: float) -> torch.optim.Optimizer:
     """SGD (momentum 0.9) or Adam over ``param_groups``; a group's optional ``lr_scale`` (e.g.
-    0.1 for the fine-tuned backbone, METHOD §5) multiplies ``lr`` and is kept by
+    0.1 for the fine-tuned backbone, docs/method.md §5) multiplies ``lr`` and is kept by
     :func:`apply_step_schedule`."""
     groups = []
     for group in param_groups:

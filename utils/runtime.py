@@ -1,5 +1,5 @@
 """Process set-up shared by the entry scripts: device choice, process groups, spawning, seeds,
-DDP wrapping (METHOD.md §3 "Distributed semantics").
+DDP wrapping (docs/method.md §3 "Distributed semantics").
 
 One code path covers:
 
@@ -199,7 +199,7 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo, find_unused_parameters: boo
 
     SyncBatchNorm needs a GPU: on CPU (gloo, used for testing) the BatchNorm layers stay
     per-process. ``find_unused_parameters`` defaults to True because the graph heads and the
-    prototypes do not receive gradients in every epoch (METHOD §2, §3.5).
+    prototypes do not receive gradients in every epoch (docs/method.md §2, §3.5).
     """
     if not info.distributed:
         return model

@@ -1,7 +1,7 @@
-"""Temporal-order probe and class activation maps as pure functions (METHOD.md §5, last item).
+"""Temporal-order probe and class activation maps as pure functions (docs/method.md §5, last item).
 
 The probe is a bias-free linear head ``W`` (2 x C) on the time/space-pooled high-level feature of
-the frozen backbone (METHOD §2: ``high``), trained to tell a clip (class 0) from its time-reversed
+the frozen backbone (docs/method.md §2: ``high``), trained to tell a clip (class 0) from its time-reversed
 copy (class 1). Because the head is linear and has no bias, applying it at every (t, h, w) of the
 feature map gives maps whose mean over (t, h, w) is exactly the head's logits on the pooled
 feature: the map says how much each place and time step votes for "normal" or "reversed".
@@ -34,7 +34,7 @@ __all__ = ["NORMAL", "REVERSED", "class_activation_maps", "denormalize", "draw_h
 
 
 def class_activation_maps(features: Tensor, weight: Tensor) -> Tensor:
-    """CAM (METHOD §5): the bias-free head ``weight (K, C)`` applied at every (t, h, w) of the
+    """CAM (docs/method.md §5): the bias-free head ``weight (K, C)`` applied at every (t, h, w) of the
     feature map ``features (N, C, t, h, w)``; returns ``(N, K, t, h, w)`` (K = 2 for the probe).
 
     By linearity, ``class_activation_maps(f, w).mean((2, 3, 4))`` equals the head's logits on the
@@ -49,7 +49,7 @@ def class_activation_maps(features: Tensor, weight: Tensor) -> Tensor:
 
 
 def upsample_cam(cam: Tensor, size: Sequence[int]) -> Tensor:
-    """Upsample CAMs ``(N, K, t, h, w)`` to the clip's ``size = (T, H, W)`` (METHOD §5 "upsample
+    """Upsample CAMs ``(N, K, t, h, w)`` to the clip's ``size = (T, H, W)`` (docs/method.md §5 "upsample
     to the input size"): trilinear, ``align_corners=False``; returns ``(N, K, T, H, W)``."""
     if len(size) != 3:
         raise ValueError(f"size must be (T, H, W), got {tuple(size)}")
@@ -59,7 +59,7 @@ def upsample_cam(cam: Tensor, size: Sequence[int]) -> Tensor:
 
 def normalize_cam(cam: Tensor, eps: float = 1e-12) -> Tensor:
     """Min-max normalise every map of ``cam (N, K, T, H, W)`` to [0, 1] over its own (T, H, W),
-    i.e. per clip and per class (METHOD §5 heat map). A constant map becomes all zeros."""
+    i.e. per clip and per class (docs/method.md §5 heat map). A constant map becomes all zeros."""
     flat = cam.flatten(2)
     low = flat.amin(dim=2, keepdim=True)
     span = flat.amax(dim=2, keepdim=True) - low
@@ -88,7 +88,7 @@ def colorize(heat: np.ndarray | Tensor, cmap: str = "jet") -> np.ndarray:
 
 def overlay(frames: np.ndarray | Tensor, heat: np.ndarray | Tensor, alpha: float = 0.5,
             cmap: str = "jet") -> np.ndarray:
-    """Blend a heat map over frames (METHOD §5 "overlay as a heat map on the frames").
+    """Blend a heat map over frames (docs/method.md §5 "overlay as a heat map on the frames").
 
     ``frames``: uint8 ``(T, H, W, 3)``; ``heat``: ``(T, H, W)`` in [0, 1]; returns uint8
     ``(T, H, W, 3)`` = ``(1 - alpha) * frames + alpha * colour(heat)``.
@@ -159,7 +159,7 @@ def draw_heat_maps(backbone: nn.Module, head: nn.Linear, dataset: OrderClipDatas
                    indices: Sequence[int], out_dir: Path, device: torch.device,
                    amp_dtype: torch.dtype | None, *, alpha: float = 0.5, cmap: str = "jet",
                    gif_ms: int = 125, batch_size: int = 32) -> list[dict[str, Any]]:
-    """CAM overlays (METHOD §5) of the middle clip of the videos ``indices`` of ``dataset``
+    """CAM overlays (docs/method.md §5) of the middle clip of the videos ``indices`` of ``dataset``
     (a ``num_clips=1`` test-mode :class:`OrderClipDataset`), ``batch_size`` videos per forward
     pass: ``<index>_<video>.png`` (rows: frames / class-0 overlay of the normal clip / reversed
     frames / class-1 overlay of the reversed clip) and ``.gif`` (the normal clip's overlay) in

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Kinetics-400 pretraining on SLURM, one node or several (METHOD §4 recipe: R3D-18, 16x112x112,
+# Kinetics-400 pretraining on SLURM, one node or several (docs/method.md §4 recipe: R3D-18, 16x112x112,
 # global batch 256 = 64 per GPU x 4 GPUs, Adam 1e-3, 100 epochs, lr x0.1 at 70, graph from 20).
 #
 #   sbatch scripts/slurm/pretrain_k400.sh                       # 1 node x 4 GPUs (the paper's setup)
@@ -25,7 +25,7 @@
 
 set -euo pipefail
 
-CSV=${CSV:-data/kinetics400/train.csv}        # rows: /abs/path/to/frames,num_frames
+CSV=${CSV:-data/kinetics400/kinetics400_train.csv}        # rows: /abs/path/to/frames,num_frames
 OUT=${OUT:-runs/k400_r3d18}
 GPUS_PER_NODE=${GPUS_PER_NODE:-4}
 GLOBAL_BATCH=${GLOBAL_BATCH:-256}             # the paper's 64 x 4
