@@ -60,6 +60,7 @@ from typing import Any
 
 import torch
 
+from datasets.base import split_overlap
 from datasets.downstream import ClipDataset
 from engine import cli
 from engine.launch import launch
@@ -214,6 +215,9 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
     num_classes = train_set.num_classes
     test_set = ClipDataset.from_args(args, args.val_csv, train=False, num_classes=num_classes,
                                      ten_crop=args.ten_crop)
+    overlap, overlap_warning = split_overlap(train_set, test_set)
+    if overlap_warning:
+        logger.print(overlap_warning)
 
     def new_head() -> ClassifierHead:
         return ClassifierHead(level_dim(backbone.out_channels, args.probe_level), num_classes,
@@ -259,7 +263,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {**init, "mode": mode, "num_classes": num_classes,
                                "num_train": len(train_set), "num_val": len(test_set),
-                               "num_clips": args.num_clips, "ten_crop": args.ten_crop,
+                               "train_val_overlap": overlap, "num_clips": args.num_clips, "ten_crop": args.ten_crop,
                                "seq": args.seq, "img_dim": args.img_dim, "probe_level": args.probe_level,
                                "epochs": args.epochs}
     if args.epochs:

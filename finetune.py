@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
+from datasets.base import split_overlap
 from datasets.downstream import ClipDataset
 from engine import cli
 from engine.launch import launch
@@ -148,6 +149,9 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
                               f"{num_classes}; use the run's --num_classes or another --output_dir")
     test_set = ClipDataset.from_args(args, args.val_csv, train=False, num_classes=num_classes,
                                      ten_crop=args.ten_crop)
+    overlap, overlap_warning = split_overlap(train_set, test_set)
+    if overlap_warning:
+        logger.print(overlap_warning)
     config.update(num_classes=num_classes, dropout=args.dropout, final_bn=args.final_bn)
     head = ClassifierHead(backbone.out_channels["high"], num_classes, final_bn=args.final_bn,
                           dropout=args.dropout)
@@ -215,7 +219,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
         skipped_train = sum(int(r.get("skipped_videos", 0)) for r in log)
         last = log[-1] if log else {}
         metrics = {**result, **chance_level(result["top1"], num_classes, len(test_set)),
-                   "train_loss": last.get("loss"), "train_top1": last.get("train_top1"), **config, "num_train": len(train_set), "num_val": len(test_set),
+                   "train_loss": last.get("loss"), "train_top1": last.get("train_top1"), **config, "num_train": len(train_set), "num_val": len(test_set), "train_val_overlap": overlap,
                    "num_clips": args.num_clips, "ten_crop": args.ten_crop, "seq": args.seq,
                    "img_dim": args.img_dim, "epochs": args.epochs,
                    "world_size": info.world_size, "checkpoint": str(out / LAST_NAME),

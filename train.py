@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_epochs_arg(o, True, 100, "total pretraining epochs")
     o.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     o.add_argument("--wd", type=float, default=1e-5, help="Adam weight decay")
-    o.add_argument("--lr_decay", type=int, default=70, help="epoch from which the lr is multiplied by 0.1")
+    o.add_argument("--lr_decay", type=int, default=70, help="epoch from which the lr is multiplied by 0.1 (0 = never)")
     o.add_argument("--split", type=int, default=20,
                    help="first epoch of the graph constraint; --split equal to --epoch disables it")
     o.add_argument("--thres", "-thres", type=float, default=0.05,
@@ -117,7 +117,9 @@ def check_args(args: argparse.Namespace) -> None:
     req(args.csv_file is not None, "--csv_file is required: a CSV of 'path,num_frames' rows (see -h)")
     req(args.sample >= 2, f"--sample {args.sample}: need at least 2 local clips per video (the positives of a "
         "clip are the other clips of its video, docs/method.md §3.1)")
-    cli.check_at_least(args, 1, "epoch", "cluster", "channel", "log_every")
+    cli.check_at_least(args, 1, "epoch", "channel", "log_every")
+    req(args.cluster >= 2, f"--cluster {args.cluster}: Sinkhorn over one prototype gives every clip the same "
+        "code (docs/method.md §3.4); use --cluster >= 2")
     cli.check_at_least(args, 0, "split", "lr_decay", "max_bad_steps")
     req(args.seq >= 2, f"--seq {args.seq}: a clip needs at least 2 frames (motion excitation and reversal, "
         "docs/method.md §2)")
@@ -224,7 +226,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
     guard = StepGuard(args.max_bad_steps, last_checkpoint=resume_path)
     result, t_run = None, time.perf_counter()
     for epoch in range(first_epoch, args.epoch):
-        set_lr(optimizer, step_decay_lr(args.lr, epoch, args.lr_decay))
+        set_lr(optimizer, step_decay_lr(args.lr, epoch, args.lr_decay or ()))
         start_epoch(loader, args.seed, info.rank, epoch)
         result = train_one_epoch(
             model=net, objective=objective, loader=loader, optimizer=optimizer, scaler=scaler,

@@ -32,6 +32,11 @@ from datasets.csv_io import read_video_csv
 from datasets.frames import FrameError, is_video_file
 
 
+class DataUnreadable(RuntimeError):
+    """Many videos in a row failed to load: the data set as a whole is unusable (a wrong
+    ``--data_root``, an unfinished extraction), not one bad video."""
+
+
 class FrameFolderDataset(Dataset):
     """Base class: a validated video CSV (``self.videos``) + the skip/strict policy above.
 
@@ -72,7 +77,7 @@ class FrameFolderDataset(Dataset):
             if self.random_fallback and len(self) > 1:  # any other video, uniformly
                 step += int(torch.randint(len(self) - 1, ()))
             index = (index + step) % len(self)
-        raise RuntimeError(f"{self.csv_file}: {self.max_retries} videos in a row failed to load "
+        raise DataUnreadable(f"{self.csv_file}: {self.max_retries} videos in a row failed to load "
                            f"(starting at row {self.rows[first]}); see the warnings above. Check "
                            "the frame folders and --data_root, or rebuild the CSV with "
                            "scripts/build_csv.py.")
@@ -92,6 +97,19 @@ class FrameFolderDataset(Dataset):
             warnings.warn(f"skipping a video ({where}): {err}. It is replaced by another video "
                           "and counted in dataset.skipped; this video will not warn again.",
                           RuntimeWarning, stacklevel=3)
+
+
+def split_overlap(train: FrameFolderDataset, test: FrameFolderDataset) -> tuple[int, str]:
+    """How many ``test`` videos the ``train`` data set also lists (paths compared resolved), and a
+    warning naming the first of them ("" when the splits are disjoint). A test video seen in
+    training inflates every test figure (docs/method.md §5)."""
+    seen = {os.path.realpath(path) for path in train.paths}
+    shared = [path for path in test.paths if os.path.realpath(path) in seen]
+    if not shared:
+        return 0, ""
+    return len(shared), (f"WARNING: {len(shared)} of the {len(test)} videos of {test.csv_file} are also "
+                         f"training videos of {train.csv_file} (first: {shared[0]}): the test figures "
+                         "are not a result; use disjoint splits")
 
 
 class SkipCounting(Dataset):

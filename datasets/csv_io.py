@@ -34,6 +34,7 @@ collected and reported in one error.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import re
@@ -63,6 +64,16 @@ def _parse_int(text: str) -> int | None:
         return int(text.strip())
     except ValueError:
         return None
+
+
+def _read_text(csv_file: str) -> str:
+    """The CSV's text (UTF-8, a byte-order mark allowed); other bytes are a :class:`CsvError`."""
+    try:
+        with open(csv_file, newline="", encoding="utf-8-sig") as handle:
+            return handle.read()
+    except UnicodeDecodeError as err:
+        raise CsvError(f"{csv_file}: not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}). "
+                       "Fix: save the CSV as UTF-8 (scripts/build_csv.py writes it so).") from None
 
 
 def read_video_csv(
@@ -106,7 +117,7 @@ def read_video_csv(
     counts: list[int] = []
     labels: list[int] = []
     lines: list[int] = []
-    with open(csv_file, newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(_read_text(csv_file), newline="") as handle:
         first = True
         for line, fields in enumerate(csv.reader(handle), start=1):
             fields = [f.strip() for f in fields]

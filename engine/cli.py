@@ -9,6 +9,7 @@ names it stores and shows first; the evaluation scripts keep ``--epochs`` and ``
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -114,6 +115,7 @@ def fill_clip_size(args: argparse.Namespace) -> None:
             setattr(args, name, CLIP_DEFAULTS[name])
             args.clip_size_from[name] = "default"
     check_at_least(args, 1, *names)
+    check_img_dim(args)
 
 
 def clip_size_line(args: argparse.Namespace) -> str:
@@ -249,12 +251,29 @@ def check_at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
             require(value >= minimum, f"--{name} must be >= {minimum}, got {value}")
 
 
+MIN_IMG_DIM = 16  # R3D-18 and S3D reduce a frame 16x in space by their mid level
+
+
+def check_img_dim(args: argparse.Namespace) -> None:
+    """``--img_dim`` (when set) leaves the high level at least one position in space."""
+    value = getattr(args, "img_dim", None)
+    require(value is None or value >= MIN_IMG_DIM,
+            f"--img_dim {value}: the backbone downsamples a frame 16x in space by its mid level "
+            f"(docs/method.md §2), so smaller crops leave the levels nothing to tell apart; use "
+            f"--img_dim >= {MIN_IMG_DIM}")
+
+
 def check_common(args: argparse.Namespace) -> None:
     """The checks of the shared groups (``ValueError`` with one message): files and folders
     exist, sizes are positive, the backbone is known, the device and precision are possible,
     ``--resume`` names a checkpoint or a usable folder."""
-    check_at_least(args, 1, "seq", "img_dim", "ds", "num_clips", "batch_size", "train_batch")
+    check_at_least(args, 1, "seq", "ds", "num_clips", "batch_size", "train_batch")
+    check_img_dim(args)
     check_at_least(args, 0, "workers")
+    for flag, low in (("lr", "> 0"), ("wd", ">= 0")):
+        value = getattr(args, flag, None)
+        require(value is None or (math.isfinite(value) and (value > 0 if low == "> 0" else value >= 0)),
+                f"--{flag} must be a finite number {low}, got {value}")
     for flag in ("csv_file", "train_csv", "val_csv", "pretrained"):
         path = getattr(args, flag, None)
         require(path is None or os.path.isfile(path), f"--{flag} {path}: no such file")

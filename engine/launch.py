@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from datasets.base import DataUnreadable
 from datasets.csv_io import CsvError
 from datasets.frames import FrameError
 from engine.cli import warn
@@ -35,8 +36,8 @@ class UsageError(ValueError):
 # Errors a user can cause (bad CSV row, missing frame, bad checkpoint, too little data): every
 # entry script reports them as one line, without a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    CsvError, FrameError, CheckpointError, BackboneLoadError, DataTooSmall, TrainingDiverged,
-    ProbeDiverged, UsageError, FileNotFoundError)
+    CsvError, FrameError, CheckpointError, BackboneLoadError, DataTooSmall, DataUnreadable,
+    TrainingDiverged, ProbeDiverged, UsageError, FileNotFoundError)
 
 
 def _is_comm_error(err: BaseException) -> bool:

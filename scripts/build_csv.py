@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from datasets.frames import DONE_MARKER  # noqa: E402
 from scripts.frame_counts import (  # noqa: E402
     list_subfolders, list_videos, locate, locate_video, scan_all,
 )
@@ -71,6 +72,14 @@ class Builder:
         unusable ones, reported."""
         found = [f for f in folders if f is not None]
         scanned = dict(zip(found, scan_all(found, self.videos, self.workers)))
+        if not self.videos:  # extract_frames.py marks a finished video: one without it, among marked ones, is not
+            unmarked = [f for f in found if not os.path.isfile(os.path.join(f, DONE_MARKER))]
+            if 0 < len(unmarked) < len(found):
+                for folder in unmarked:
+                    if not scanned[folder][1]:
+                        scanned[folder] = (0, f"no {DONE_MARKER} marker while {len(found) - len(unmarked)} "
+                                              "other folders have one: scripts/extract_frames.py did not "
+                                              "finish this video (rerun it)")
         counts = []
         for folder in folders:
             frames, reason = scanned[folder] if folder is not None else (0, "")

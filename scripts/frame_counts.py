@@ -52,6 +52,8 @@ def scan_video(folder: str) -> tuple[int, str]:
     if last != count or not os.path.isfile(os.path.join(folder, FRAME_TEMPLATE.format(count))):
         return 0, (f"frames are not numbered image_00001.jpg … {FRAME_TEMPLATE.format(count)} "
                    "without gaps (re-extract the video)")
+    if os.path.getsize(os.path.join(folder, FRAME_TEMPLATE.format(count))) == 0:
+        return 0, f"the last frame {FRAME_TEMPLATE.format(count)} is empty: an interrupted extraction (re-extract the video)"
     return count, ""
 
 

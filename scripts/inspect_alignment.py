@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import PretrainDataset  # noqa: E402
 from engine.loader import make_loader  # noqa: E402
-from utils.checkpoint import load_checkpoint  # noqa: E402
+from utils.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from losses.alignment import alignment_logits, alignment_loss  # noqa: E402
 from models import MultiLevelModel  # noqa: E402
 from models.output import LEVELS  # noqa: E402
@@ -57,7 +57,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    ckpt = load_checkpoint(args.checkpoint)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except CheckpointError as err:
+        raise SystemExit(f"inspect_alignment.py: error: {err}") from None
     if "model_config" not in ckpt or "args" not in ckpt:
         raise SystemExit(f"{args.checkpoint}: not a train.py checkpoint (no model_config/args)")
     run = ckpt["args"]

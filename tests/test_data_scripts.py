@@ -174,6 +174,22 @@ def test_frame_counts_use_done_markers_and_reject_gaps(tmp_path, make_frame_fold
     assert count == 0 and "without gaps" in reason
 
 
+def test_half_extracted_folders_are_left_out_and_named(tmp_path, make_frame_folder, capsys):
+    """A folder that extract_frames.py did not finish (no .done among finished ones, or an empty
+    last frame) is not listed with its partial count."""
+    for name, frames in (("done1", 4), ("done2", 5)):
+        Path(make_frame_folder(f"mine/c/{name}", num_frames=frames), ".done").write_text(f"{frames}\n")
+    make_frame_folder("mine/c/partial", num_frames=3)  # killed before its .done
+    out = tmp_path / "csv"
+    assert build_csv.main(["folder", "--frames_root", str(tmp_path / "mine"), "--out_dir", str(out)]) == 0
+    assert [Path(p).name for p, _ in read_rows(out / "pretrain.csv")] == ["done1", "done2"]
+    assert "partial: no .done marker while 2 other folders have one" in capsys.readouterr().err
+    empty_last = make_frame_folder("alone", num_frames=3)
+    Path(empty_last, "image_00003.jpg").write_bytes(b"")
+    count, reason = frame_counts.scan_video(empty_last)
+    assert count == 0 and "image_00003.jpg is empty" in reason
+
+
 def test_make_synthetic_script(tmp_path, capsys):
     argv = ["--out", str(tmp_path / "syn"), "--num_videos", "8", "--frames", "6", "--size", "16",
             "--num_classes", "2"]

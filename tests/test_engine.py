@@ -84,6 +84,24 @@ def test_stale_temp_files_are_ignored_and_removed(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []
 
 
+class _Payload:
+    """A pickle that would run ``os.system`` when unpickled without the weights-only restriction."""
+
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo pwned",))
+
+
+def test_a_hostile_pickle_is_refused_without_advice_to_lift_the_restriction(tmp_path: Path):
+    path = tmp_path / "hostile.pth"
+    torch.save({"model": _Payload()}, path)
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.load_checkpoint(path)
+    message = str(err.value)
+    assert "hostile.pth" in message and "refused unread" in message and "\n" not in message
+    assert "weights_only" not in message.replace("weights_only=True", "") and "False" not in message
+
+
 def test_corrupt_or_missing_checkpoint_names_the_file(tmp_path: Path):
     missing = tmp_path / "nope.pth"
     with pytest.raises(ck.CheckpointError, match="nope.pth does not exist"):

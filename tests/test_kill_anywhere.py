@@ -190,3 +190,17 @@ def test_a_rerun_with_other_inputs_refuses_to_continue_the_old_run(
     with pytest.raises(SystemExit, match=r"belongs to a run with other inputs \(--pretrained None.*another --output_dir"):
         finetune.main(base)  # the random-init baseline into the pretrained run's folder
     assert (ft / "metrics.json").read_text() == metrics_before
+
+
+def test_a_test_split_that_overlaps_training_is_flagged(
+        labelled: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import eval_linear
+    same = ["--train_csv", labelled["train"], "--val_csv", labelled["train"], "--epochs", "0", "--knn", "2",
+            *EVAL_TINY]
+    metrics = eval_linear.main([*same, "--output_dir", str(tmp_path / "same")])
+    rows = len(Path(labelled["train"]).read_text().splitlines())
+    assert metrics["train_val_overlap"] == rows
+    assert f"WARNING: {rows} of the {rows} videos of" in capsys.readouterr().out
+    disjoint = eval_linear.main(["--train_csv", labelled["train"], "--val_csv", labelled["val"], "--epochs", "0",
+                                 "--knn", "2", *EVAL_TINY, "--output_dir", str(tmp_path / "disjoint")])
+    assert disjoint["train_val_overlap"] == 0 and "WARNING" not in capsys.readouterr().out

@@ -144,7 +144,7 @@ def test_pretrained_checkpoint_and_chosen_videos(data, tmp_path) -> None:
 
 def test_bad_video_index_is_a_clear_error(data, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(common(data, tmp_path / "bad") + NET + ["--epochs", "0", "--videos", "8"])
+        main(common(data, tmp_path / "bad") + NET + ["--epochs", "1", "--videos", "8"])
     assert exc.value.code == 2
     assert "--videos [8]" in capsys.readouterr().err
 

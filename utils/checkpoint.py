@@ -12,6 +12,7 @@ file or the new complete file, never a truncated one.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import tempfile
@@ -88,6 +89,20 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, lambda f: torch.save(state, f))
 
 
+def _read_failure(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in this project's words. torch's own text for a
+    refused pickle advises loading with the restriction off, which on a hostile file is the one
+    step that runs its payload; it is never passed on."""
+    text = str(err).strip()
+    if isinstance(err, pickle.UnpicklingError) or "weights only" in text.lower() or "weights_only" in text:
+        return ("it holds pickled Python objects that no checkpoint of this project contains, so it "
+                "was refused unread (unpickling them could run code). Use a checkpoint written by "
+                "train.py or finetune.py, or a plain state dict of tensors")
+    first = text.splitlines()[0] if text else ""
+    return (f"{type(err).__name__}: {first}. The file is truncated, corrupt, or not a checkpoint of "
+            "this project (a partial copy?)")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Load a checkpoint dict with ``weights_only=True``.
 
@@ -100,12 +115,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zip errors...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(e).__name__}: {first}. The file is truncated, "
-            "corrupt, or not a train.py checkpoint (a partial copy?). Point --resume at an "
-            "earlier checkpoint_XXXX.pth, or move the file away to start fresh."
-        ) from e
+        raise CheckpointError(f"cannot read checkpoint {path}: {_read_failure(e)}. Point --resume at an "
+                              "earlier checkpoint_XXXX.pth, or move the file away to start fresh.") from e
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     version = state.get("version")

@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as `python visualization/main_temporal.py`:
 import torch
 from torch import nn
 
+from datasets.base import split_overlap
 from datasets.temporal_order import OrderClipDataset, OrderPairs
 from engine import cli
 from engine.launch import UsageError, launch
@@ -105,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """The probe's own checks (``ValueError`` with one message); fills ``--seq`` / ``--img_dim``."""
     cli.fill_clip_size(args)
-    cli.check_at_least(args, 1, "gif_ms")
-    cli.check_at_least(args, 0, "epochs", "num_vis")
+    cli.check_at_least(args, 1, "gif_ms", "epochs")  # an untrained order head measures nothing
+    cli.check_at_least(args, 0, "num_vis")
     cli.require(0.0 <= args.alpha <= 1.0, f"--alpha must be in [0, 1], got {args.alpha}")
 
 
@@ -134,6 +135,9 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
                                  data_root=args.data_root, strict=args.strict)
     val_set = OrderClipDataset(args.val_csv, args.seq, args.img_dim, train=False, ds=args.ds,
                                num_clips=args.num_clips, data_root=args.data_root, strict=args.strict)
+    overlap, overlap_warning = split_overlap(train_set, val_set)
+    if overlap_warning:
+        logger.print(overlap_warning)
     vis = list(range(min(args.num_vis, len(val_set)))) if args.videos is None else list(args.videos)
     bad = [i for i in vis if not 0 <= i < len(val_set)]
     if bad:
@@ -165,7 +169,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
                                      desc="validate")
     metrics: dict[str, Any] = {
         **order_accuracy(logits.unflatten(2, (2, 2))),
-        "num_val": len(val_set), "num_val_clips": int(logits.shape[0] * logits.shape[1]),
+        "num_val": len(val_set), "train_val_overlap": overlap, "num_val_clips": int(logits.shape[0] * logits.shape[1]),
         "init": described["init"], "net": described["net"], "width": described["width"],
         "pretrained": described["pretrained"], "epochs": args.epochs,
         "train_loss": stats.get("loss"), "train_acc": stats.get("train_top1"),
