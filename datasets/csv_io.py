@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 _HEADER_COUNT = re.compile(r"^[^\d]*frame[^\d]*$", re.IGNORECASE)  # e.g. num_frames
 _CHECK_THREADS = 16
+MAX_FRAMES = 10**8  # more frames than any video has: a corrupt or mistyped count
 _MAX_LISTED = 5
 
 
@@ -135,6 +136,10 @@ def read_video_csv(
                 raise _row_error(csv_file, line, f"num_frames {fields[1]!r} is not a positive "
                                  "integer", "give the number of image_%05d.jpg frames (of decoded "
                                  "frames for a video file)")
+            if count > MAX_FRAMES:
+                raise _row_error(csv_file, line, f"num_frames {count} is more than {MAX_FRAMES:,} (a "
+                                 "day of video at 1,000 fps)", "give the video's real frame count "
+                                 "(scripts/build_csv.py counts them)")
             if labelled:
                 label = _parse_int(fields[2])
                 if label is None or label < 0 or (num_classes is not None and label >= num_classes):

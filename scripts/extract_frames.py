@@ -95,13 +95,20 @@ def _write_batch(folder: str, first: int, images: list[torch.Tensor], quality: i
             handle.write(data.numpy().tobytes())
 
 
+# A video that decodes to fewer than this fraction of the frames its container declares is
+# truncated (a half-downloaded mp4 whose index is at the front); headers that miss by a few
+# frames (edit lists, a dropped last frame) stay above it.
+SHORT_FRACTION = 0.95
+
+
 def extract_video(src_path: str, out_folder: str, short_side: int, quality: int,
                   size: tuple[int, int] | None = None) -> int:
     """Decode one video into ``out_folder``, frames resized by :func:`output_size`; return the
     number of frames written.
 
     Raises:
-        av.error.FFmpegError / OSError / ValueError: the file cannot be opened or has no frames.
+        av.error.FFmpegError / OSError / ValueError: the file cannot be opened, has no frames, or
+            decodes to fewer than :data:`SHORT_FRACTION` of the frames its container declares.
     """
     os.makedirs(out_folder, exist_ok=True)
     for name in os.listdir(out_folder):  # a previous, interrupted attempt
@@ -114,6 +121,7 @@ def extract_video(src_path: str, out_folder: str, short_side: int, quality: int,
             raise ValueError("no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        declared = stream.frames  # the container's own count, 0 when it has none
         out_size = None
         for frame in decoded_frames(container, stream):
             if out_size is None:
@@ -130,6 +138,9 @@ def extract_video(src_path: str, out_folder: str, short_side: int, quality: int,
         count += len(pending)
     if count == 0:
         raise ValueError("no decodable frames")
+    if declared > 0 and count < SHORT_FRACTION * declared:
+        raise ValueError(f"decoded {count} of the {declared} frames its container declares: the file is "
+                         "truncated (a partial download?); re-download it")
     with open(os.path.join(out_folder, DONE_MARKER), "w", encoding="utf-8") as handle:
         handle.write(f"{count}\n")
     return count

@@ -8,7 +8,9 @@
 * ``inside:NAME:N``: during the ``N``-th atomic write of a file called ``NAME`` (the temp file is
   written and flushed, the rename has not happened);
 * ``after:NAME:N``: right after the ``N``-th atomic write of ``NAME`` has landed;
-* ``log:log.jsonl:N``: right after the ``N``-th line is appended to ``log.jsonl``.
+* ``log:log.jsonl:N``: right after the ``N``-th line is appended to ``log.jsonl``;
+* ``step:optimizer:N``: right after the ``N``-th optimiser step of the process (mid-epoch, with
+  the DataLoader's workers running).
 
 Every checkpoint and record of the project is written through ``utils.checkpoint``'s
 ``atomic_write_bytes`` and every log line through ``RunLogger.log_epoch``, so these moments cover
@@ -24,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 import utils.checkpoint as checkpoint_io  # noqa: E402
 import utils.logging as logging_io  # noqa: E402
@@ -48,14 +52,14 @@ def _die() -> None:
 _atomic = checkpoint_io.atomic_write_bytes
 
 
-def atomic_write_bytes(path, write_fn):  # type: ignore[no-untyped-def]
+def atomic_write_bytes(path, write_fn, **kwargs):  # type: ignore[no-untyped-def]
     if kind == "inside" and _count(path):
         def write_then_die(f):  # type: ignore[no-untyped-def]
             write_fn(f)
             f.flush()
             _die()
-        return _atomic(path, write_then_die)
-    _atomic(path, write_fn)
+        return _atomic(path, write_then_die, **kwargs)
+    _atomic(path, write_fn, **kwargs)
     if kind == "after" and _count(path):
         _die()
 
@@ -69,6 +73,12 @@ def log_epoch(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         _die()
 
 
+def after_step(optimizer, args, kwargs):  # type: ignore[no-untyped-def]
+    if kind == "step" and _count("optimizer"):
+        _die()
+
+
+register_optimizer_step_post_hook(after_step)
 checkpoint_io.atomic_write_bytes = atomic_write_bytes
 logging_io.atomic_write_bytes = atomic_write_bytes
 logging_io.RunLogger.log_epoch = log_epoch

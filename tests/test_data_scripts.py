@@ -190,6 +190,34 @@ def test_half_extracted_folders_are_left_out_and_named(tmp_path, make_frame_fold
     assert count == 0 and "image_00003.jpg is empty" in reason
 
 
+def test_a_truncated_video_whose_header_survived_is_refused(tmp_path, capsys):
+    """A half-downloaded mp4 with its index at the front decodes to about half the frames its
+    header declares: extract_frames.py fails it, leaves no frames and no .done."""
+    import av
+    import numpy as np
+
+    src = tmp_path / "src"
+    src.mkdir()
+    whole = src / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(120):
+            image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = whole.read_bytes()
+    (src / "half.mp4").write_bytes(data[: len(data) // 2])
+    dst = tmp_path / "frames"
+    assert extract_frames.main(["--src", str(src), "--dst", str(dst), "--workers", "1"]) == 1
+    assert extract_frames.read_done(str(dst / "whole")) == 120
+    assert not (dst / "half").exists()
+    assert "of the 120 frames its container declares: the file is truncated" in capsys.readouterr().err
+
+
 def test_make_synthetic_script(tmp_path, capsys):
     argv = ["--out", str(tmp_path / "syn"), "--num_videos", "8", "--frames", "6", "--size", "16",
             "--num_classes", "2"]

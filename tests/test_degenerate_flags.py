@@ -80,3 +80,12 @@ def test_a_csv_that_is_not_utf8_and_an_unreadable_checkpoint_are_one_line(tmp_pa
     text.write_text("not a checkpoint\n")
     with pytest.raises(SystemExit, match=r"inspect_alignment.py: error: cannot read checkpoint .*notes.txt"):
         inspect_alignment.main(["--checkpoint", str(text), "--csv_file", str(bad)])
+
+
+def test_an_absurd_frame_count_names_the_row(tmp_path: Path) -> None:
+    from datasets.csv_io import CsvError, read_video_csv
+
+    csv = tmp_path / "big.csv"
+    csv.write_text("a,20\nb,99999999999999999999\n")
+    with pytest.raises(CsvError, match=r"big.csv, row 2: num_frames 99999999999999999999 is more than"):
+        read_video_csv(csv, labelled=False)

@@ -102,6 +102,48 @@ def test_a_hostile_pickle_is_refused_without_advice_to_lift_the_restriction(tmp_
     assert "weights_only" not in message.replace("weights_only=True", "") and "False" not in message
 
 
+def test_a_checkpoint_with_flipped_bytes_in_its_tensors_is_refused(tmp_path: Path):
+    path = tmp_path / "checkpoint_last.pth"
+    state = {"model": {"w": torch.randn(1_000_000)}, "epoch": 3, "rng": {"python": (3, torch.arange(5))}}
+    ck.save_checkpoint(state, path)
+    loaded = ck.load_checkpoint(path)
+    assert ck.CHECKSUM_KEY not in loaded and torch.equal(loaded["model"]["w"], state["model"]["w"])
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2  # inside the 4 MB of tensor data, not the zip's structure
+    for i in range(50):
+        data[middle + 97 * i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ck.CheckpointError, match=r"checkpoint_last\.pth is damaged: its content does not match"):
+        ck.load_checkpoint(path)
+    torch.save({"epoch": 1}, tmp_path / "plain.pth")  # a file without a checksum loads as it is
+    assert ck.load_checkpoint(tmp_path / "plain.pth") == {"epoch": 1}
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_what_is_needed(tmp_path: Path):
+    """A file-size limit (what a full disk looks like to the writer) in a subprocess."""
+    import subprocess
+    import sys
+    code = (
+        "import resource, signal, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "import torch\n"
+        "from utils import checkpoint as ck\n"
+        "ck.save_checkpoint({'w': torch.ones(10)}, sys.argv[2])\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))\n"
+        "try:\n"
+        "    ck.save_checkpoint({'w': torch.ones(1_000_000)}, sys.argv[2])\n"
+        "except ck.DiskFull as err:\n"
+        "    print(err)\n")
+    path = tmp_path / "checkpoint_last.pth"
+    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[1]), str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"cannot write {path} (3.8 MiB): File too large, with ")
+    assert f"MiB free in {tmp_path}. The previous checkpoint_last.pth, if any, is intact" in done.stdout
+    assert ck.load_checkpoint(path)["w"].shape == (10,) and not list(tmp_path.glob(".tmp-*"))
+
+
 def test_corrupt_or_missing_checkpoint_names_the_file(tmp_path: Path):
     missing = tmp_path / "nope.pth"
     with pytest.raises(ck.CheckpointError, match="nope.pth does not exist"):

@@ -109,6 +109,16 @@ def test_train_py_killed_anywhere_reruns_to_the_straight_outputs(videos: Path, t
     ], tmp_path)
 
 
+def test_train_py_killed_mid_epoch_with_workers_reruns_to_the_straight_outputs(videos: Path, tmp_path: Path) -> None:
+    def argv(out: Path) -> list[str]:
+        return ["train.py", *tiny_argv(videos, out, "--epoch", "2", "--split", "1", "--no_progress"),
+                "--workers", "2"]
+    check_kills(argv, [
+        "step:optimizer:1",                 # the first step: DataLoader workers just started
+        "step:optimizer:3",                 # mid-epoch, after epoch 0's checkpoint
+    ], tmp_path)
+
+
 EVAL_TINY = ["--seq", "8", "--img_dim", "32", "--num_clips", "2", "--batch_size", "4", "--workers", "0",
              "--device", "cpu", "--no_progress", "--net", "r3d_18", "--width", "0.125"]
 

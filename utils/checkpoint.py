@@ -11,10 +11,14 @@ file or the new complete file, never a truncated one.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
 import pickle
 import random
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -60,10 +64,13 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()  # what open() would give; mkstemp alone gives 0600
 
 
-def atomic_write_bytes(path: str | os.PathLike, write_fn: Callable[[BinaryIO], object]) -> None:
+def atomic_write_bytes(path: str | os.PathLike, write_fn: Callable[[BinaryIO], object],
+                       size: int | None = None) -> None:
     """Call ``write_fn(fileobj)`` on a temp file next to ``path``, fsync it, rename it over ``path``.
 
-    On any error the temp file is removed and ``path`` is untouched.
+    On any error the temp file is removed and ``path`` is untouched. A full disk, a quota or a
+    file-size limit raises :class:`DiskFull`, naming the folder and the space the file needs
+    (``size`` bytes when given, else what was written before the failure).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,18 +82,64 @@ def atomic_write_bytes(path: str | os.PathLike, write_fn: Callable[[BinaryIO], o
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if _is_out_of_space(err):
+            free, needed = shutil.disk_usage(path.parent).free / 2**20, (size or written) / 2**20
+            raise DiskFull(f"cannot write {path} ({needed:.1f} MiB): {err.strerror}, with {free:.1f} MiB "
+                           f"free in {path.parent}. The previous {path.name}, if any, is intact: free "
+                           f"at least {needed:.1f} MiB there and rerun the same command") from None
         raise
     _fsync_dir(path.parent)
 
 
+class DiskFull(CheckpointError):
+    """A write that ran out of disk space, quota or file-size limit; the target is untouched."""
+
+
+def _is_out_of_space(err: BaseException) -> bool:
+    """A full disk, a quota or a file-size limit (``ENOSPC``, ``EDQUOT``, ``EFBIG``)."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+CHECKSUM_KEY = "checksum"
+
+
+def state_digest(obj: Any) -> str:
+    """SHA-256 over a checkpoint's content: every tensor's key path, dtype, shape and bytes, and
+    every other leaf's ``repr``, in the state's own order (what :func:`save_checkpoint` stores and
+    :func:`load_checkpoint` verifies)."""
+    digest = hashlib.sha256()
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, torch.Tensor):
+            flat = node.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{where}:{node.dtype}:{tuple(node.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{where}/{key!r}")
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+        else:
+            digest.update(f"{where}={node!r}".encode())
+
+    walk(obj, "")
+    return digest.hexdigest()
+
+
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` to ``path`` atomically (call on global rank 0 only)."""
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    """Write ``state`` to ``path`` atomically (call on global rank 0 only), with its
+    :func:`state_digest` under :data:`CHECKSUM_KEY`."""
+    stored = {**state, CHECKSUM_KEY: state_digest(state)}
+    buffer = io.BytesIO()  # serialised in memory, so that a full disk is the file write's OSError
+    torch.save(stored, buffer)
+    atomic_write_bytes(path, lambda f: f.write(buffer.getbuffer()), size=buffer.getbuffer().nbytes)
 
 
 def _read_failure(err: Exception) -> str:
@@ -119,6 +172,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
                               "earlier checkpoint_XXXX.pth, or move the file away to start fresh.") from e
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+    stored = state.pop(CHECKSUM_KEY, None)
+    if isinstance(stored, str) and stored != state_digest(state):
+        raise CheckpointError(f"checkpoint {path} is damaged: its content does not match the checksum "
+                              "it was written with (flipped bytes on disk or in a copy). Point --resume at "
+                              "an earlier checkpoint_XXXX.pth, or copy the file again.")
     version = state.get("version")
     if isinstance(version, int) and version > CHECKPOINT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {version}, newer than this code's "
