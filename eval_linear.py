@@ -75,6 +75,7 @@ from engine.probe_sweep import PROBE_GRID, sweep_linear_probe
 from models import PROBE_LEVELS, RANDOM_INIT_BANNER, ClassifierHead, VideoClassifier, build_eval_backbone, level_dim
 from utils import runtime
 from utils.amp import resolve_amp
+from utils.checkpoint import remove_stale_temps
 from utils.logging import RunLogger, prepare_output_dir, write_json
 from utils.optim import OPTIMIZERS, build_optimizer
 
@@ -199,6 +200,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
     device = info.device
     amp_dtype = resolve_amp(args.amp, device)
     runtime.seed_everything(args.seed)
+    remove_stale_temps(args.output_dir)  # of writes a killed run left
     out = prepare_output_dir(args.output_dir, args, fresh=True)  # no resume: nothing of an earlier run stays
     logger = RunLogger(out, enabled=True, purge_step=0)
     logger.truncate_log(0)  # a rerun in the same --output_dir starts a fresh log

@@ -91,8 +91,7 @@ def check_args(args: argparse.Namespace) -> None:
     cli.check_downstream(args)
     cli.check_at_least(args, 1, "epochs")
     cli.require(0 <= args.dropout < 1, f"--dropout must be in [0, 1), got {args.dropout}")
-    cli.require(args.lr > 0 and args.wd >= 0 and args.backbone_lr_scale >= 0,
-                "--lr must be > 0, --wd and --backbone_lr_scale >= 0")
+    cli.require(args.backbone_lr_scale >= 0, "--backbone_lr_scale must be >= 0")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -128,7 +128,6 @@ def check_args(args: argparse.Namespace) -> None:
         "and a probability in [0, 1]")
     req(args.rate >= 1, f"--rate {args.rate}: the frame-rate factor is drawn from U(1, rate), so it must be >= 1")
     req(0 <= args.thres <= 1, f"--thres {args.thres}: a threshold on softmax probabilities must be in [0, 1]")
-    req(args.lr > 0 and args.wd >= 0, "--lr must be > 0 and --wd >= 0")
     loss_error = loss_args_error(args)
     req(loss_error is None, loss_error or "")
     req(args.split <= args.epoch, f"--split {args.split} is past --epoch {args.epoch}: the graph constraint "

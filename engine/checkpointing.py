@@ -9,6 +9,7 @@ is the next epoch to run. ``checkpoint_last.pth`` is written after every epoch a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,19 @@ def read_training_checkpoint(path: str) -> dict[str, Any]:
     return ckpt
 
 
+def _differences(saved: dict[str, Any], expected: dict[str, Any],
+                 key: Callable[[Any], Any]) -> dict[str, tuple[Any, Any]]:
+    """``name -> (saved, expected)`` for every name of ``expected`` that ``saved`` holds with a
+    value that differs once both go through ``key``."""
+    return {k: (saved[k], v) for k, v in expected.items() if k in saved and key(saved[k]) != key(v)}
+
+
 def check_matches(ckpt: dict[str, Any], path: str, expected: dict[str, Any]) -> None:
     """Refuse (``CheckpointError``) a checkpoint whose ``model_config`` or ``args`` disagree with
     ``expected`` (``name -> value of the current flags``; a name absent from the checkpoint is
     not compared)."""
     saved = {**(ckpt.get("args") or {}), **(ckpt.get("model_config") or {})}
-    diff = {k: (saved[k], v) for k, v in expected.items() if k in saved and saved[k] != v}
+    diff = _differences(saved, expected, lambda value: value)
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs flags {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(f"checkpoint {path} does not match the flags ({lines}); use the run's "
@@ -86,12 +94,8 @@ def check_same_files(ckpt: dict[str, Any], path: str, expected: dict[str, str | 
     the data, the pretrained backbone) name other files than the checkpoint's ``args``: its results
     would mean something else. Paths are compared resolved; a name the checkpoint lacks is not
     compared."""
-    saved = ckpt.get("args") or {}
-
-    def resolved(value: str | None) -> str | None:
-        return None if value is None else os.path.realpath(value)
-
-    diff = {k: (saved[k], v) for k, v in expected.items() if k in saved and resolved(saved[k]) != resolved(v)}
+    diff = _differences(ckpt.get("args") or {}, expected,
+                        lambda value: None if value is None else os.path.realpath(value))
     if diff:
         lines = ", ".join(f"--{k} {b!r}, the run's {a!r}" for k, (a, b) in diff.items())
         raise CheckpointError(

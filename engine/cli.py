@@ -270,10 +270,9 @@ def check_common(args: argparse.Namespace) -> None:
     check_at_least(args, 1, "seq", "ds", "num_clips", "batch_size", "train_batch")
     check_img_dim(args)
     check_at_least(args, 0, "workers")
-    for flag, low in (("lr", "> 0"), ("wd", ">= 0")):
-        value = getattr(args, flag, None)
-        require(value is None or (math.isfinite(value) and (value > 0 if low == "> 0" else value >= 0)),
-                f"--{flag} must be a finite number {low}, got {value}")
+    lr, wd = getattr(args, "lr", None), getattr(args, "wd", None)
+    require(lr is None or (math.isfinite(lr) and lr > 0), f"--lr must be a finite number > 0, got {lr}")
+    require(wd is None or (math.isfinite(wd) and wd >= 0), f"--wd must be a finite number >= 0, got {wd}")
     for flag in ("csv_file", "train_csv", "val_csv", "pretrained"):
         path = getattr(args, flag, None)
         require(path is None or os.path.isfile(path), f"--{flag} {path}: no such file")

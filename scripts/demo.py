@@ -160,6 +160,11 @@ def run_stage(name: str, argv: list[str], out_dir: Path, fresh: bool, log: list[
     return json.loads(metrics_path.read_text())
 
 
+def as_flags(**values: object) -> list[str]:
+    """``--name value`` for every keyword, in the order given (a command line of an entry script)."""
+    return [part for name, value in values.items() for part in (f"--{name}", str(value))]
+
+
 def split_checkpoint(setting: Setting, pretrain_dir: Path) -> Path:
     """The checkpoint a pretraining run writes after ``setting.split`` epochs."""
     return pretrain_dir / f"checkpoint_{setting.split:04d}.pth"
@@ -170,15 +175,12 @@ def pretrain_argv(setting: Setting, csv: str, out_dir: Path, variant_flags: list
     """``train.py`` flags of one pretraining run; ``start``: continue from that checkpoint (the
     split-epoch checkpoint of the run it shares its first epochs with) instead of epoch 0."""
     s = setting
-    return ["train.py", "--csv_file", csv, "--net", s.net, "--width", str(s.width),
-            "--seq", str(s.seq), "--img_dim", str(s.img_dim), "--channel", str(s.channel),
-            "--cluster", str(s.cluster), "--train_batch", str(s.batch), "--epoch", str(s.epochs),
-            "--split", str(s.split), "--lr_decay", str(s.lr_decay), "--lr", str(s.lr),
-            "--queue_start", str(s.queue_start), "--queue_size", str(s.queue_size),
-            "--color_strength", str(s.color_strength), "--grayscale_p", str(s.grayscale_p),
-            "--workers", str(s.workers), "--save_every", str(s.split),
-            "--output_dir", str(out_dir), "--resume", "auto" if start is None else str(start),
-            *variant_flags]
+    return ["train.py", *as_flags(
+        csv_file=csv, net=s.net, width=s.width, seq=s.seq, img_dim=s.img_dim, channel=s.channel,
+        cluster=s.cluster, train_batch=s.batch, epoch=s.epochs, split=s.split, lr_decay=s.lr_decay,
+        lr=s.lr, queue_start=s.queue_start, queue_size=s.queue_size, color_strength=s.color_strength,
+        grayscale_p=s.grayscale_p, workers=s.workers, save_every=s.split, output_dir=out_dir,
+        resume="auto" if start is None else start), *variant_flags]
 
 
 def pretrain_plan(setting: Setting, csv: str, pretrain_dirs: dict[str, Path],
@@ -230,10 +232,10 @@ def one_class_csvs(csvs: dict[str, str], label: int, out_dir: Path) -> dict[str,
 def temporal_argv(setting: Setting, csvs: dict[str, str], data_root: str, out_dir: Path,
                   checkpoint: Path | None, num_vis: int) -> list[str]:
     s = setting
-    return ["visualization/main_temporal.py", "--train_csv", csvs["train"], "--val_csv", csvs["val"],
-            "--data_root", data_root, *backbone_flags(s, checkpoint),
-            "--seq", str(s.seq), "--img_dim", str(s.img_dim), "--epochs", str(s.order_epochs),
-            "--lr", str(s.order_lr), "--num_vis", str(num_vis), "--workers", str(s.workers),
+    return ["visualization/main_temporal.py", *as_flags(train_csv=csvs["train"], val_csv=csvs["val"],
+                                                        data_root=data_root),
+            *backbone_flags(s, checkpoint), *as_flags(seq=s.seq, img_dim=s.img_dim, epochs=s.order_epochs,
+                                                      lr=s.order_lr, num_vis=num_vis, workers=s.workers),
             "--no_progress", "--output_dir", str(out_dir)]
 
 

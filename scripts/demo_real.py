@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from scripts.bench_video import footage_dir  # noqa: E402
-from scripts.demo import VARIANTS, percent, run_stage  # noqa: E402
+from scripts.demo import VARIANTS, as_flags, percent, run_stage  # noqa: E402
 from scripts.extract_frames import extract_video, read_done  # noqa: E402
 from utils.logging import write_json  # noqa: E402
 
@@ -113,23 +113,21 @@ def prepare(source: Path, data_dir: Path, s: RealSetting) -> dict[str, str]:
 
 
 def pretrain_argv(s: RealSetting, csv: str, out_dir: Path, flags: Sequence[str]) -> list[str]:
-    return ["train.py", "--csv_file", csv, "--net", s.net, "--width", str(s.width),
-            "--seq", str(s.seq), "--img_dim", str(s.img_dim), "--rate", str(s.rate),
-            "--channel", str(s.channel), "--cluster", str(s.cluster), "--train_batch", str(s.batch),
-            "--epoch", str(s.epochs), "--split", str(s.split), "--lr_decay", str(s.epochs),
-            "--lr", str(s.lr), "--queue_start", str(s.queue_start),
-            "--color_strength", str(s.color_strength), "--grayscale_p", str(s.grayscale_p),
-            "--workers", str(s.workers), "--output_dir", str(out_dir), "--resume", "auto", *flags]
+    return ["train.py", *as_flags(
+        csv_file=csv, net=s.net, width=s.width, seq=s.seq, img_dim=s.img_dim, rate=s.rate,
+        channel=s.channel, cluster=s.cluster, train_batch=s.batch, epoch=s.epochs, split=s.split,
+        lr_decay=s.epochs, lr=s.lr, queue_start=s.queue_start, color_strength=s.color_strength,
+        grayscale_p=s.grayscale_p, workers=s.workers, output_dir=out_dir, resume="auto"), *flags]
 
 
 def temporal_argv(s: RealSetting, csvs: dict[str, str], out_dir: Path, checkpoint: Path | None,
                   num_vis: int) -> list[str]:
     backbone = (["--net", s.net, "--width", str(s.width)] if checkpoint is None
                 else ["--pretrained", str(checkpoint)])
-    return ["visualization/main_temporal.py", "--train_csv", csvs["pretrain"], "--val_csv", csvs["val"],
-            *backbone, "--seq", str(s.seq), "--img_dim", str(s.img_dim), "--num_clips", str(s.num_clips),
-            "--epochs", str(s.order_epochs), "--lr", str(s.order_lr), "--num_vis", str(num_vis),
-            "--workers", str(s.workers), "--no_progress", "--output_dir", str(out_dir)]
+    return ["visualization/main_temporal.py", *as_flags(train_csv=csvs["pretrain"], val_csv=csvs["val"]),
+            *backbone, *as_flags(seq=s.seq, img_dim=s.img_dim, num_clips=s.num_clips, epochs=s.order_epochs,
+                                 lr=s.order_lr, num_vis=num_vis, workers=s.workers),
+            "--no_progress", "--output_dir", str(out_dir)]
 
 
 def build_parser() -> argparse.ArgumentParser:

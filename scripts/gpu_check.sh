@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device checks of a session that is lent a GPU, as one prepared command (README, Performance).
+# Every GPU check in one bounded command (docs/performance.md, "On a GPU").
 #
 #   bash scripts/gpu_check.sh [STAGE ...]     # default: env tests step compile loader train
 #

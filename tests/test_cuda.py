@@ -5,7 +5,7 @@ on one GPU ``--multiprocessing-distributed`` runs a single process, so they are 
 
 Skipped without CUDA. ``CUDA_TESTS_DEVICE=cpu`` runs the same bodies on the CPU, which checks the
 tests themselves on a machine without a GPU (the comparisons are then CPU against CPU).
-``scripts/gpu_check.sh`` runs this module first on a lent GPU machine.
+``scripts/gpu_check.sh`` runs this module first on a GPU machine.
 """
 from __future__ import annotations
 

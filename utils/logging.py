@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from utils.checkpoint import atomic_write_bytes, remove_stale_temps
+from utils.checkpoint import atomic_write_bytes
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -44,13 +44,11 @@ def prepare_output_dir(path: str | os.PathLike, args: argparse.Namespace | Mappi
     """Create ``path`` (parents too) and write the run's configuration to ``path/args.json``.
 
     ``fresh`` (a run that starts over rather than resume): first delete an earlier run's
-    ``metrics.json`` and the temp files of writes that were killed, so that no result of another
-    run stands beside the new ``args.json``."""
+    ``metrics.json``, so that no result of another run stands beside the new ``args.json``."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     if fresh:
         (out / "metrics.json").unlink(missing_ok=True)
-        remove_stale_temps(out)
     write_json(out / "args.json", args)
     return out
 

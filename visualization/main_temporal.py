@@ -51,6 +51,7 @@ from engine.supervised import train_one_epoch
 from models import RANDOM_INIT_BANNER, VideoClassifier, build_eval_backbone
 from utils import runtime
 from utils.amp import make_scaler, resolve_amp
+from utils.checkpoint import remove_stale_temps
 from utils.logging import RunLogger, prepare_output_dir, write_json
 from utils.optim import OPTIMIZERS, apply_step_schedule, build_optimizer
 from visualization.cam import draw_heat_maps
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
     amp_dtype = resolve_amp(args.amp, device)
     runtime.seed_everything(args.seed)
     show = not args.no_progress
+    remove_stale_temps(args.output_dir)  # of writes a killed run left
     out = prepare_output_dir(args.output_dir, args, fresh=True)  # no resume: nothing of an earlier run stays
     logger = RunLogger(out)
     logger.truncate_log(0)  # no resume: a rerun in the same folder starts a fresh log.jsonl
