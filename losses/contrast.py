@@ -9,7 +9,8 @@ written as ``logsumexp(pos ∪ neg) - logsumexp(pos)`` in float32: entries outsi
 so no ``(Q, K)`` masks are materialised. Queries are this rank's local clips; keys are gathered
 from every rank with :func:`utils.distributed.all_gather_with_grad`, so the mean over ranks of
 the per-rank losses is the single-process loss on the global batch, with the same gradient after
-DDP averaging.
+DDP averaging (``gather_grad="full"``). ``gather_grad="local"`` is the reference code's gather:
+each rank's loss reaches only its own keys (docs/method.md §3, "Distributed semantics").
 """
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def _check_clips(z: Tensor, name: str) -> tuple[int, int, int]:
     return b, n, c
 
 
-def _clip_logits(z: Tensor, tau: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _clip_logits(z: Tensor, tau: float, gather_grad: str = "full"
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Local-query × global-key logits over normal-order clips (docs/method.md §3.1, §3.2).
 
     Query row ``i*n + a`` = local video ``i``, clip ``a``; key column ``j*n + c`` = global video
@@ -73,10 +75,11 @@ def _clip_logits(z: Tensor, tau: float) -> tuple[Tensor, Tensor, Tensor, Tensor]
     (every other clip of the global batch: positives and negatives), the positives (the other
     clips of the query's video, gathered from the same matrix) and the normalised queries
     ``(b, n, C)``. No ``(b*n, B*n)`` masks are built: only the ``b*n`` self entries change.
+    The keys are gathered with ``all_gather_with_grad(..., grad=gather_grad)``.
     """
     b, n, _ = z.shape
     zq = normalized32(z)                                   # (b, n, C)
-    keys = all_gather_with_grad(zq)                        # (B, n, C), grad flows to every rank
+    keys = all_gather_with_grad(zq, gather_grad)           # (B, n, C), with gradient
     big_b = keys.shape[0]
     logits = zq.reshape(b * n, -1) @ keys.reshape(big_b * n, -1).T / tau
     device = z.device
@@ -91,12 +94,14 @@ def _clip_logits(z: Tensor, tau: float) -> tuple[Tensor, Tensor, Tensor, Tensor]
     return logits, others, torch.gather(logits, 1, pos_cols), zq
 
 
-def instance_contrast(z: Tensor, tau: float = 0.07) -> tuple[Tensor, Tensor]:
+def instance_contrast(z: Tensor, tau: float = 0.07, gather_grad: str = "full"
+                      ) -> tuple[Tensor, Tensor]:
     """High-level instance contrast ``L_ins`` and the instance graph ``G_ins`` (docs/method.md §3.1).
 
     Args:
         z: ``(b, n, C)`` ``proj_high`` of this rank's local clips (normalised here).
         tau: temperature.
+        gather_grad: ``"full"`` or ``"local"`` (:func:`utils.distributed.all_gather_with_grad`).
 
     Returns:
         ``(loss, g_ins)``: the scalar float32 loss (mean over this rank's ``b*n`` query clips;
@@ -107,7 +112,7 @@ def instance_contrast(z: Tensor, tau: float = 0.07) -> tuple[Tensor, Tensor]:
     """
     b, n, _ = _check_clips(z, "proj['high']")
     with fp32_region(z):
-        logits, others, pos, _ = _clip_logits(z, tau)
+        logits, others, pos, _ = _clip_logits(z, tau, gather_grad)
         loss = multi_positive_contrast(pos, others)
         big_b = logits.shape[1] // n
         g_ins = torch.softmax(logits.detach().view(b, n, big_b, n)[:, 0, :, 1], dim=1)
@@ -128,13 +133,14 @@ def instance_graph(z: Tensor, tau: float = 0.07) -> Tensor:
         return torch.softmax(zn[:, 0] @ keys[:, 1].T / tau, dim=1)
 
 
-def motion_contrast(z: Tensor, z_rev: Tensor, tau: float = 0.07) -> Tensor:
+def motion_contrast(z: Tensor, z_rev: Tensor, tau: float = 0.07, gather_grad: str = "full") -> Tensor:
     """Motion contrast ``L_mot`` at one level (docs/method.md §3.2).
 
     Args:
         z: ``(b, n, C)`` ``proj_ℓ`` of the normal-order local clips.
         z_rev: ``(b, n, C)`` ``proj_reversed_ℓ`` of the time-reversed copies of the same clips.
         tau: temperature.
+        gather_grad: ``"full"`` or ``"local"`` (:func:`utils.distributed.all_gather_with_grad`).
 
     Query: a normal-order local clip. Positives: the other normal-order clips of its video.
     Negatives: the normal-order clips of every other video of the global batch, plus all ``n``
@@ -147,7 +153,7 @@ def motion_contrast(z: Tensor, z_rev: Tensor, tau: float = 0.07) -> Tensor:
             f"proj_reversed {tuple(z_rev.shape)} must have the shape of proj {tuple(z.shape)}"
         )
     with fp32_region(z):
-        _, others, pos, zq = _clip_logits(z, tau)
+        _, others, pos, zq = _clip_logits(z, tau, gather_grad)
         zr = normalized32(z_rev)
         logits_rev = torch.einsum("iac,idc->iad", zq, zr).reshape(b * n, n) / tau
         # denominator = every other normal clip of the global batch + own reversed clips

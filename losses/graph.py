@@ -56,7 +56,8 @@ def graph_target(
                        diagonal.float())
 
 
-def graph_loss(g0: Tensor, g1: Tensor, target: Tensor, tau: float = 0.07) -> Tensor:
+def graph_loss(g0: Tensor, g1: Tensor, target: Tensor, tau: float = 0.07,
+               gather_grad: str = "full") -> Tensor:
     """``L_ℓ`` of the graph constraint at one level (docs/method.md §3.5).
 
     Args:
@@ -64,6 +65,8 @@ def graph_loss(g0: Tensor, g1: Tensor, target: Tensor, tau: float = 0.07) -> Ten
         g1: ``(b, C)`` ``graph_ℓ`` of clip 1 of this rank's videos (gathered with gradient).
         target: ``(b, B)`` the graph ``G`` (:func:`graph_target`), used as a constant.
         tau: temperature.
+        gather_grad: ``"full"`` or ``"local"``: how ``g1`` is gathered
+            (:func:`utils.distributed.all_gather_with_grad`).
 
     ``P[i, j] = softmax_j(<g0_i, g1_j>/τ)`` over the global batch; ``L = mean_{i,j}(-log P[i,j]
     · G[i,j])`` (mean over the ``b × B`` entries, ``log P`` by ``log_softmax``). Scalar float32.
@@ -71,7 +74,7 @@ def graph_loss(g0: Tensor, g1: Tensor, target: Tensor, tau: float = 0.07) -> Ten
     if g0.dim() != 2 or g0.shape != g1.shape:
         raise ValueError(f"g0 {tuple(g0.shape)} and g1 {tuple(g1.shape)} must both be (b, C)")
     with fp32_region(g0):
-        keys = all_gather_with_grad(normalized32(g1))                  # (B, C)
+        keys = all_gather_with_grad(normalized32(g1), gather_grad)     # (B, C)
         if target.shape != (g0.shape[0], keys.shape[0]):
             raise ValueError(
                 f"graph target {tuple(target.shape)} must be (b, B) = {(g0.shape[0], keys.shape[0])}"

@@ -17,11 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from utils.amp import fp32_region
-from utils.distributed import all_gather_no_grad, local_rows
+from utils.distributed import GATHER_GRADS, all_gather_no_grad, local_rows
 from losses.alignment import local_global_alignment
 from losses.contrast import instance_contrast, instance_graph, motion_contrast
 from losses.graph import graph_loss, graph_target
-from losses.prototypes import ScoreQueue, pseudo_labels, swapped_prediction
+from losses.prototypes import QUEUE_ROWS, ScoreQueue, pseudo_labels, swapped_prediction
 from models.output import MultiLevelOutput
 
 
@@ -64,7 +64,8 @@ _WEIGHT_HELP = {
 
 def add_loss_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the objective's flags: one ``--w_<term>`` per weight, ``--tau``, ``--queue_start``,
-    ``--queue_size``, ``--eps``, ``--sinkhorn_iters``, ``--proto_temperature`` (docs/method.md §3).
+    ``--queue_size``, ``--queue_rows``, ``--eps``, ``--sinkhorn_iters``, ``--proto_temperature``,
+    ``--gather_grad`` (docs/method.md §3).
 
     ``--thres``, ``--split`` and ``--cluster`` are the reference's own flags and are left to the
     entry script (:meth:`MultiLevelObjective.from_args` reads them).
@@ -81,12 +82,27 @@ def add_loss_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="first epoch whose Sinkhorn codes also use the score queue (default 10)")
     group.add_argument("--queue_size", type=int, default=1024,
                        help="score-queue length in videos over all ranks (default 1024)")
+    group.add_argument("--queue_rows", choices=QUEUE_ROWS, default="include_batch",
+                       help="rows of the Sinkhorn problem once the queue is used (docs/method.md "
+                            "§3.4): include_batch = the newest --queue_size gathered rows, the "
+                            "current global batch among them, as in the reference code; "
+                            "plus_batch = up to --queue_size rows of earlier steps plus the batch "
+                            "(--queue_size + B rows). Either way the codes are the batch's rows "
+                            "(default include_batch)")
     group.add_argument("--eps", type=float, default=0.05,
                        help="Sinkhorn entropic regularisation epsilon (default 0.05)")
     group.add_argument("--sinkhorn_iters", type=int, default=3,
                        help="Sinkhorn-Knopp iterations (default 3)")
     group.add_argument("--proto_temperature", type=float, default=0.1,
                        help="softmax temperature of the swapped prediction (default 0.1)")
+    group.add_argument("--gather_grad", choices=GATHER_GRADS, default="full",
+                       help="gradient through the keys gathered over processes for L_ins, L_mot "
+                            "and L_graph (docs/method.md §3, Distributed semantics): full = every "
+                            "process's loss reaches every row, so N processes with batch b equal "
+                            "one process with batch N*b; local = each process's loss reaches only "
+                            "its own rows, the reference code's own-slice gradient, for exact "
+                            "reproduction of the paper's 4-GPU runs. The same in one process "
+                            "(default full)")
     return parser
 
 
@@ -129,6 +145,8 @@ class MultiLevelObjective(nn.Module):
     ``queue_start`` on; in ``eval()`` mode it is left unchanged. Sinkhorn codes (hence the
     pseudo-labels) are computed even when ``proto`` has weight 0. With ``n > 2`` clips, ``G_ins``
     and the graph term use clips 0 and 1, as docs/method.md §3.1/§3.5 define them.
+    ``queue_rows`` picks the Sinkhorn rows (:meth:`ScoreQueue.rows_used`); ``gather_grad`` the
+    gradient of the gathered keys (:func:`utils.distributed.all_gather_with_grad`).
     """
 
     def __init__(
@@ -144,8 +162,15 @@ class MultiLevelObjective(nn.Module):
         sinkhorn_iters: int = 3,
         proto_temperature: float = 0.1,
         num_clips: int = 2,
+        queue_rows: str = "include_batch",
+        gather_grad: str = "full",
     ) -> None:
         super().__init__()
+        if queue_rows not in QUEUE_ROWS or gather_grad not in GATHER_GRADS:
+            raise ValueError(f"queue_rows={queue_rows!r} / gather_grad={gather_grad!r}: expected one "
+                             f"of {QUEUE_ROWS} / {GATHER_GRADS}")
+        self.queue_rows = queue_rows
+        self.gather_grad = gather_grad
         self.weights = weights if weights is not None else LossWeights()
         self.tau = tau
         self.thres = thres
@@ -166,6 +191,8 @@ class MultiLevelObjective(nn.Module):
             eps=args.eps, sinkhorn_iters=args.sinkhorn_iters,
             proto_temperature=getattr(args, "proto_temperature", 0.1),
             num_clips=getattr(args, "sample", 2),
+            queue_rows=getattr(args, "queue_rows", "include_batch"),
+            gather_grad=getattr(args, "gather_grad", "full"),
         )
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -214,13 +241,14 @@ class MultiLevelObjective(nn.Module):
         with fp32_region(scores):
             g_ins = None
             if w.ins:
-                l_ins, g_ins = instance_contrast(out.proj["high"], self.tau)
+                l_ins, g_ins = instance_contrast(out.proj["high"], self.tau, self.gather_grad)
                 weighted.append(("ins", w.ins, l_ins))
             elif with_graph:
                 g_ins = instance_graph(out.proj["high"], self.tau)
             for level in ("mid", "low"):
                 if getattr(w, f"mot_{level}"):
-                    loss = motion_contrast(out.proj[level], out.proj_reversed[level], self.tau)
+                    loss = motion_contrast(out.proj[level], out.proj_reversed[level], self.tau,
+                                           self.gather_grad)
                     weighted.append((f"mot_{level}", getattr(w, f"mot_{level}"), loss))
             for level in ("high", "mid", "low"):
                 if getattr(w, f"lg_{level}"):
@@ -231,7 +259,8 @@ class MultiLevelObjective(nn.Module):
 
             # Codes always (cheap, no grad): they give the pseudo-labels the graph needs.
             codes = self.queue.codes(
-                scores, use_queue=epoch >= self.queue_start, eps=self.eps, iters=self.sinkhorn_iters
+                scores, use_queue=epoch >= self.queue_start, eps=self.eps, iters=self.sinkhorn_iters,
+                rows=self.queue_rows,
             )
             if self.training:
                 self.queue.push(scores)
@@ -250,7 +279,7 @@ class MultiLevelObjective(nn.Module):
                     lw = getattr(w, f"graph_{level}")
                     if lw:
                         g = out.graph[level]
-                        loss = graph_loss(g[:, 0], g[:, 1], target, self.tau)
+                        loss = graph_loss(g[:, 0], g[:, 1], target, self.tau, self.gather_grad)
                         parts[f"graph_{level}"] = loss.detach()
                         l_graph = l_graph + lw * loss
                 weighted.append(("graph", w.graph, l_graph))

@@ -99,6 +99,9 @@ def sinkhorn(
         return codes.squeeze(0) if squeeze else codes
 
 
+QUEUE_ROWS = ("include_batch", "plus_batch")
+
+
 class ScoreQueue(nn.Module):
     """FIFO of the last ``size`` gathered prototype-score rows for Sinkhorn (docs/method.md §3.4).
 
@@ -106,11 +109,12 @@ class ScoreQueue(nn.Module):
     ``filled`` (how many of the last rows are real; only those are used). Every rank pushes the
     **gathered** batch, so every rank holds the same queue, and one process with batch ``W·b``
     holds the same rows as ``W`` processes with batch ``b`` whatever ``size`` is. For Sinkhorn
-    (all-reduced sums, see :func:`sinkhorn`) each rank contributes a disjoint share of the queue
-    (rows ``rank::world_size``) beside its own batch rows, so the codes are those of one problem
-    over ``[queue; global batch]``. The queue costs ``n × size × K`` floats per rank (8 MB at the
-    paper's 1024 × 2 × 1000). ``state_dict()`` holds the whole queue, so a checkpoint restores it
-    on any number of ranks.
+    (all-reduced sums, see :func:`sinkhorn`) each rank contributes a disjoint share of the queued
+    rows it uses (rows ``rank::world_size``) beside its own batch rows, so the codes are those of
+    one problem over ``[queued rows; global batch]`` (which queued rows: :meth:`rows_used`).
+    The queue costs ``n × size × K`` floats per rank (8 MB at the paper's 1024 × 2 × 1000).
+    ``state_dict()`` holds the whole queue, so a checkpoint restores it on any number of ranks;
+    its content does not depend on the ``rows`` mode of :meth:`codes`.
     """
 
     def __init__(self, size: int, num_prototypes: int, num_clips: int = 2) -> None:
@@ -169,22 +173,40 @@ class ScoreQueue(nn.Module):
         self._filled = min(self._filled + total, self.size)
         self.filled.fill_(self._filled)
 
+    def rows_used(self, global_batch: int, rows: str = "include_batch") -> int:
+        """How many queued rows (the newest) a Sinkhorn problem with the queue holds beside the
+        ``global_batch`` rows of the current step (docs/method.md §3.4):
+
+        * ``"include_batch"`` (the reference code's): the problem is the newest ``size`` rows with
+          the current batch among them, i.e. the newest ``size - global_batch`` queued rows; fewer
+          while the queue holds fewer (then only filled rows), none when ``size <= global_batch``;
+        * ``"plus_batch"``: every filled queued row (up to ``size``), beside the batch.
+        """
+        if rows not in QUEUE_ROWS:
+            raise ValueError(f"rows={rows!r}: expected one of {QUEUE_ROWS}")
+        if rows == "plus_batch":
+            return self._filled
+        return min(self._filled, max(self.size - global_batch, 0))
+
     @torch.no_grad()
     def codes(
-        self, batch_scores: Tensor, use_queue: bool, eps: float = 0.05, iters: int = 3
+        self, batch_scores: Tensor, use_queue: bool, eps: float = 0.05, iters: int = 3,
+        rows: str = "include_batch",
     ) -> Tensor:
         """Sinkhorn codes ``(b, n, K)`` of this rank's batch, one problem per clip index (docs/method.md
-        §3.4), over the global batch and, with ``use_queue``, the queued rows (batch last).
-        Does not modify the queue."""
+        §3.4), over the global batch and, with ``use_queue``, the newest :meth:`rows_used` queued
+        rows (queue first, batch last; the codes are the batch's rows). Does not modify the
+        queue."""
         b, n, k = batch_scores.shape
         self._check_prototypes(k)
         blocks = [batch_scores.detach().float().transpose(0, 1)]  # (n, b, K)
         n_global = b * world_size()
-        if use_queue and self._filled:
+        used = self.rows_used(n_global, rows) if use_queue else 0
+        if used:
             self._ensure_clips(n)
-            share = self.rows()[:, rank()::world_size()]
+            share = self.rows()[:, self._filled - used:][:, rank()::world_size()]
             blocks.insert(0, share.to(blocks[0].device))          # queue first, batch last
-            n_global += self._filled
+            n_global += used
         return sinkhorn(blocks, eps=eps, iters=iters, last=b, n_global=n_global).transpose(0, 1)
 
     def _load_from_state_dict(

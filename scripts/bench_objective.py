@@ -164,8 +164,10 @@ def loop_objective(d: dict[str, torch.Tensor], queue_rows: torch.Tensor, w: Loss
         total = total + getattr(w, f"lg_{lv}") * loop_alignment(d[f"fl_{lv}"], d[f"fg_{lv}"], tau)
     scores = d["scores"]
     b, n, _ = scores.shape
+    # the reference's queue: the batch is queued first, Sinkhorn runs on the whole (full) queue
+    rows = max(queue_rows.shape[1], b)
     codes = torch.stack(
-        [loop_sinkhorn(torch.cat([queue_rows[a], scores[:, a].detach()]), eps, iters)[-b:]
+        [loop_sinkhorn(torch.cat([queue_rows[a], scores[:, a].detach()])[-rows:], eps, iters)[-b:]
          for a in range(n)], 1)
     log_p = F.log_softmax(scores / temp, dim=-1)
     proto = -0.5 * ((codes[:, 1] * log_p[:, 0]).sum(-1) + (codes[:, 0] * log_p[:, 1]).sum(-1))

@@ -309,8 +309,8 @@ def test_sinkhorn_matches_reference_and_invariants() -> None:
     assert not codes.requires_grad and codes.dtype == torch.float32
     close(codes.sum(1), torch.ones(64))                        # each code row sums to 1
     # Column (prototype) mass is only near N/K after 3 iterations; measured max relative
-    # deviation: 0.31 here (16-d features, peaky scores), 0.029 for 128-d features, 0.0018 at
-    # the paper's scale (1280 rows, K=1000, 128-d); it shrinks with more iterations.
+    # deviation: 0.31 here (16-d features, peaky scores), 0.029 for 128-d features, 0.002-0.006
+    # at the paper's scale (1024 rows, K=1000, 128-d, 3 seeds); it shrinks with more iterations.
     devs = [_mass_deviation(sinkhorn(scores, iters=i)) for i in (3, 10, 30)]
     assert 0.2 < devs[0] < 0.35 and devs[1] < 0.05 and devs[2] < 1e-3, devs
     assert _mass_deviation(sinkhorn(_cosine_scores(64, 10, 128, seed=0))) < 0.05
@@ -373,9 +373,12 @@ def test_score_queue_fifo() -> None:
     scores = torch.randn(3, 2, 3)
     alone = q.codes(scores, use_queue=False)
     close(alone[:, 0], sinkhorn(scores[:, 0]))
+    # default (the reference's): the newest 5 rows, the batch of 3 among them
     with_queue = q.codes(scores, use_queue=True)
-    close(with_queue[:, 1], sinkhorn(torch.cat([q.rows()[1], scores[:, 1]]))[-3:])
+    close(with_queue[:, 1], sinkhorn(torch.cat([q.rows()[1, -2:], scores[:, 1]]))[-3:])
     assert not torch.allclose(alone, with_queue)
+    plus_batch = q.codes(scores, use_queue=True, rows="plus_batch")   # 5 queued rows + the batch
+    close(plus_batch[:, 1], sinkhorn(torch.cat([q.rows()[1], scores[:, 1]]))[-3:])
     assert q.rows()[0, :, 0].tolist() == [12, 13, 14, 15, 16]  # codes() does not modify it
 
     # state_dict round trip (the clip count and fill count travel; a fresh queue adopts them)
@@ -399,6 +402,77 @@ def test_queue_of_an_earlier_checkpoint_format_is_restored() -> None:
     obj.load_checkpoint_state({"queue": {"scores": shard, "filled": torch.tensor(3)}})
     assert obj.queue.num_filled == 6
     assert sorted(obj.queue.rows()[0, :, 0].tolist()) == [1, 2, 3, 1001, 1002, 1003]
+
+
+@pytest.mark.parametrize("rows", ["include_batch", "plus_batch"])
+def test_sinkhorn_rows_with_the_queue(rows: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows Sinkhorn receives once the queue is used (docs/method.md §3.4), counted on the
+    call, while the queue fills and once it is full: include_batch (the reference code's) = the
+    newest queue_size rows, the batch among them; plus_batch = the queued rows + the batch. The
+    codes are the batch's rows of that problem."""
+    import losses.prototypes as prototypes
+
+    calls: list[tuple[int, int, int]] = []
+    real = prototypes.sinkhorn
+
+    def spy(blocks, **kw):
+        calls.append((sum(blk.shape[-2] for blk in blocks), kw["n_global"], kw["last"]))
+        return real(blocks, **kw)
+
+    monkeypatch.setattr(prototypes, "sinkhorn", spy)
+    b, n, k, size = 4, 2, 5, 10
+    w = LossWeights(**{f: 0.0 for f in LossWeights.__dataclass_fields__})
+    w.proto = 1.0
+    obj = MultiLevelObjective(w, split=100, queue_start=0, queue_size=size, cluster=k, queue_rows=rows)
+    queued = torch.zeros(0, n, k)                              # the queue's content, mirrored
+    for step in range(4):                                      # queued before: 0, 4, 8, 10 rows
+        out = make_output(b, n, 8, k, seed=step, grad=False)
+        res = obj(out, epoch=0)
+        scores = out.prototype_scores
+        used = min(len(queued), size - b) if rows == "include_batch" else len(queued)
+        assert calls[-1] == (used + b, used + b, b)
+        expected = {"include_batch": [4, 8, 10, 10], "plus_batch": [4, 8, 12, 14]}[rows][step]
+        assert calls[-1][0] == expected
+        problem = torch.cat([queued[len(queued) - used:], scores])  # newest queued, batch last
+        codes = torch.stack([ref_sinkhorn(problem[:, a])[-b:] for a in range(n)], 1)
+        close(res.total, ref_swapped(scores, codes))
+        queued = torch.cat([queued, scores])[-size:]
+    assert obj.queue.num_filled == size
+    # a queue no longer than the global batch: include_batch solves over the batch alone
+    small = ScoreQueue(size=3, num_prototypes=k)
+    small.push(torch.randn(3, 2, k))
+    scores = torch.randn(4, 2, k)
+    assert small.rows_used(4, "include_batch") == 0 and small.rows_used(4, "plus_batch") == 3
+    close(small.codes(scores, use_queue=True), small.codes(scores, use_queue=False))
+    with pytest.raises(ValueError, match="queue_rows"):
+        MultiLevelObjective(cluster=k, queue_rows="all")
+
+
+@pytest.mark.parametrize("rows", ["include_batch", "plus_batch"])
+def test_resumed_queue_gives_the_same_codes(rows: str, tmp_path) -> None:
+    """A checkpoint taken mid-run (through utils.checkpoint, weights_only) restores the queue:
+    the resumed objective continues with the codes and losses of the straight run, in either
+    --queue_rows mode (the queue's content does not depend on it)."""
+    from utils.checkpoint import save_checkpoint, load_checkpoint
+
+    b, n, c, k = 4, 2, 8, 5
+    outs = [make_output(b, n, c, k, seed=s, grad=False) for s in range(5)]
+
+    def make() -> MultiLevelObjective:
+        return MultiLevelObjective(split=3, queue_start=2, queue_size=10, cluster=k, queue_rows=rows)
+
+    straight, first = make(), make()
+    totals = [straight(out, epoch=e).total for e, out in enumerate(outs)]
+    for e in range(2):
+        first(outs[e], epoch=e)
+    save_checkpoint({"objective": first.checkpoint_state()}, tmp_path / "ckpt.pth")
+    resumed = make()
+    resumed.load_checkpoint_state(load_checkpoint(tmp_path / "ckpt.pth")["objective"])
+    assert resumed.queue.num_filled == 8
+    for e in range(2, 5):
+        res = resumed(outs[e], epoch=e)
+        close(res.total, totals[e], atol=1e-6)
+    assert torch.equal(resumed.queue.rows(), straight.queue.rows())
 
 
 # ----------------------------------------------------------------------------- §3.5
@@ -487,11 +561,12 @@ def test_objective_total_matches_references() -> None:
     assert "graph" not in res0.parts and obj.queue.num_filled == 4
     assert res0.pseudo_labels.tolist() == codes0.sum(1).argmax(-1).tolist()
 
-    # epoch 1: codes over [queue (the 4 rows of step 0); batch], graph term on
+    # epoch 1: codes over the newest queue_size = 6 rows [the last 2 rows of step 0; batch],
+    # graph term on
     res1 = obj(out1, epoch=1)
     s0, s1 = out0.prototype_scores.detach(), out1.prototype_scores.detach()
     codes1 = torch.stack(
-        [ref_sinkhorn(torch.cat([s0[:, a], s1[:, a]]))[-b:] for a in range(n)], 1
+        [ref_sinkhorn(torch.cat([s0[2:, a], s1[:, a]]))[-b:] for a in range(n)], 1
     )
     ref1 = reference_total(out1, codes1, w, graph=True)
     for name, value in ref1.items():
@@ -566,13 +641,18 @@ def test_loss_flags() -> None:
     assert LossWeights.from_args(args) == LossWeights()
     assert (args.tau, args.queue_start, args.queue_size, args.eps, args.sinkhorn_iters) == (
         0.07, 10, 1024, 0.05, 3)
-    args = parser.parse_args(["--w_mot_low", "0", "--w_graph_mid", "0.25", "--queue_size", "64"])
+    assert (args.queue_rows, args.gather_grad) == ("include_batch", "full")
+    args = parser.parse_args(["--w_mot_low", "0", "--w_graph_mid", "0.25", "--queue_size", "64",
+                              "--queue_rows", "plus_batch", "--gather_grad", "local"])
     w = LossWeights.from_args(args)
     assert w.mot_low == 0 and w.graph_mid == 0.25 and w.ins == 1.0
     assert "--w_lg_high" in parser.format_help()
     args.thres, args.split, args.cluster = 0.05, 20, 50
     obj = MultiLevelObjective.from_args(args)
     assert obj.queue.size == 64 and obj.weights == w
+    assert (obj.queue_rows, obj.gather_grad) == ("plus_batch", "local")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--gather_grad", "own"])
 
 
 def test_freeze_prototypes_grad() -> None:

@@ -55,16 +55,32 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rows]
 
 
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+GATHER_GRADS = ("full", "local")
+
+
+def all_gather_with_grad(x: torch.Tensor, grad: str = "full") -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, differentiably.
 
-    The backward pass sums, over ranks, the gradients that every rank's loss sends to each row
-    and returns to each rank the part for its own rows. With DDP's gradient averaging this gives
-    exactly the gradient of the mean of the per-rank losses, i.e. of one process holding the
-    whole global batch (tested in ``tests/test_losses_distributed.py``).
+    ``grad="full"``: the backward pass sums, over ranks, the gradients that every rank's loss
+    sends to each row and returns to each rank the part for its own rows. With DDP's gradient
+    averaging this gives exactly the gradient of the mean of the per-rank losses, i.e. of one
+    process holding the whole global batch (tested in ``tests/test_losses_distributed.py``).
+
+    ``grad="local"``: the reference code's ``all_gather``: the gathered rows carry no gradient
+    except this rank's own slice, which is ``x`` itself, so each rank's loss reaches only its
+    own rows and nothing is all-reduced in the backward pass (docs/method.md §3, "Distributed
+    semantics"). Same values; the gradient differs from ``"full"`` under more than one process.
+
+    Without a process group both return ``x``.
     """
+    if grad not in GATHER_GRADS:
+        raise ValueError(f"grad={grad!r}: expected one of {GATHER_GRADS}")
     if not is_distributed():
         return x
+    if grad == "local":
+        gathered = all_gather_no_grad(x)
+        own = local_rows(x.shape[0])
+        return torch.cat([gathered[:own.start], x, gathered[own.stop:]], dim=0)
     return _GatherWithGrad.apply(x)
 
 
