@@ -51,17 +51,19 @@ from datasets.downstream import ClipDataset
 from engine import cli
 from engine.launch import launch
 from engine.checkpointing import (
-    check_same_files, read_training_checkpoint, restore_training_state, save_epoch_checkpoints, training_state,
+    check_same_files, epoch_progress, read_training_checkpoint, restore_training_state, save_epoch_checkpoints,
+    training_state,
 )
 from engine.features import eval_batch_size, extract, gather_shards, shard_indices, sum_over_ranks
 from engine.loader import make_loader, start_epoch
 from engine.metrics import chance_level, classification_metrics
+from engine.preemption import RunControl, gather_from_ranks
 from engine.probe import DivergenceGuard
 from engine.supervised import train_one_epoch
 from models import RANDOM_INIT_BANNER, ClassifierHead, VideoClassifier, build_backbone, build_eval_backbone
 from utils import runtime
 from utils.amp import make_scaler, resolve_amp
-from utils.checkpoint import LAST_NAME, CheckpointError, remove_stale_temps
+from utils.checkpoint import LAST_NAME, CheckpointError, remove_stale_temps, save_checkpoint
 from utils.logging import RunLogger, prepare_output_dir, to_jsonable, write_json
 from utils.optim import OPTIMIZERS, apply_step_schedule, build_optimizer
 
@@ -163,11 +165,13 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
         [{"params": model.backbone.parameters(), "lr_scale": args.backbone_lr_scale},
          {"params": model.head.parameters()}], args.optim, args.lr, args.wd)
     scaler = make_scaler(amp_dtype, device)
-    step = 0
+    step, progress = 0, None
     if ckpt is not None:
         _, step = restore_training_state(ckpt, resume, model=model, optimizer=optimizer, scaler=scaler)
         optimizer.param_groups[0]["lr_scale"] = args.backbone_lr_scale  # the flag wins on resume
-        logger.print(f"=> resumed from {resume}: {first_epoch} of {args.epochs} epochs done")
+        progress = epoch_progress(ckpt, resume, info.world_size, args.batch_size)
+        inside = f" and {progress['batches']} batches of epoch {first_epoch}" if progress else ""
+        logger.print(f"=> resumed from {resume}: {first_epoch} of {args.epochs} epochs done{inside}")
         del ckpt
 
     loader = make_loader(train_set, args.batch_size, workers=args.workers, device=device, order="epoch",
@@ -188,26 +192,47 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
                                          gather_shards(labels, len(test_set), device)),
                 "skipped_videos": sum_over_ranks(skipped, device)}
 
+    def save_inside_epoch(tally: dict[str, Any], batches: int) -> None:
+        """checkpoint_last.pth inside the epoch: every rank's running sums, written by rank 0."""
+        ranks = gather_from_ranks(tally)
+        if main_proc:
+            state = training_state(model=model, optimizer=optimizer, scaler=scaler, next_epoch=epoch,
+                                   step=epoch_start_step + batches, args=to_jsonable(args), model_config=config,
+                                   epoch_progress={"batches": batches, "world_size": info.world_size,
+                                                   "batch_size": args.batch_size, "ranks": ranks})
+            save_checkpoint(state, out / LAST_NAME)
+            logger.print(f"=> checkpoint inside epoch {epoch}: batch {batches} ({out / LAST_NAME})")
+        runtime.barrier()  # the other ranks stop (if they stop) only once the file is complete
+
     # the epoch loss is averaged over all ranks, so every rank stops at the same epoch
     guard = DivergenceGuard(num_classes, what="fine-tuning")
-    for epoch in range(first_epoch, args.epochs):
-        lr = apply_step_schedule(optimizer, args.lr, epoch, args.schedule)
-        start_epoch(loader, args.seed, info.rank, epoch)
-        stats = train_one_epoch(ddp_model, loader, optimizer, scaler, device, amp_dtype, show,
-                                desc=f"epoch {epoch}")
-        step += len(loader)
-        record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, **stats}
-        if args.eval_freq and (epoch + 1) % args.eval_freq == 0 and epoch + 1 < args.epochs:
-            record.update({f"val_{k}": v for k, v in evaluate().items()})
-        if main_proc:  # log first: a kill before the checkpoint lands reruns the epoch, whose line is then replaced
-            logger.scalars("train", {k: v for k, v in record.items() if k not in ("epoch", "step")}, epoch)
-            logger.log_epoch(record)
-            logger.flush()
-            state = training_state(model=model, optimizer=optimizer, scaler=scaler, next_epoch=epoch + 1,
-                                   step=step, args=to_jsonable(args), model_config=config)
-            save_epoch_checkpoints(state, out, args.epochs, args.save_every)
-            del state
-        guard.check(epoch, stats["loss"], lr)
+    control = RunControl(args.checkpoint_steps, args.checkpoint_minutes, is_main=main_proc)
+    with control.catch_signals():
+        for epoch in range(first_epoch, args.epochs):
+            lr = apply_step_schedule(optimizer, args.lr, epoch, args.schedule)
+            tally = progress["ranks"][info.rank] if progress else None
+            first_batch = int(tally["batches"]) if tally else 0
+            epoch_start_step, progress = step - first_batch, None
+            start_epoch(loader, args.seed, info.rank, epoch, first_batch)
+            stats = train_one_epoch(ddp_model, loader, optimizer, scaler, device, amp_dtype, show,
+                                    desc=f"epoch {epoch}", tally=tally, control=control,
+                                    checkpoint=save_inside_epoch,
+                                    step=epoch_start_step,
+                                    batch_seed=lambda i: runtime.derive_seed(args.seed, info.rank, epoch, 2, i))
+            step = epoch_start_step + first_batch + len(loader)
+            record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, **stats}
+            if args.eval_freq and (epoch + 1) % args.eval_freq == 0 and epoch + 1 < args.epochs:
+                record.update({f"val_{k}": v for k, v in evaluate().items()})
+            if main_proc:  # log first: a kill before the checkpoint lands reruns the epoch, whose line is then replaced
+                logger.scalars("train", {k: v for k, v in record.items() if k not in ("epoch", "step")}, epoch)
+                logger.log_epoch(record)
+                logger.flush()
+                state = training_state(model=model, optimizer=optimizer, scaler=scaler, next_epoch=epoch + 1,
+                                       step=step, args=to_jsonable(args), model_config=config)
+                save_epoch_checkpoints(state, out, args.epochs, args.save_every, keep=args.keep_checkpoints)
+                del state
+            control.saved(step)
+            guard.check(epoch, stats["loss"], lr)
 
     result = evaluate()
     skipped_val = result.pop("skipped_videos")

@@ -21,14 +21,16 @@ import torch
 from engine import cli
 from engine.launch import launch
 from engine.checkpointing import (
-    check_matches, check_same_files, read_training_checkpoint, restore_training_state, save_epoch_checkpoints, training_state,
+    check_matches, check_same_files, epoch_progress, read_training_checkpoint, restore_training_state,
+    save_epoch_checkpoints, training_state,
 )
 from engine.loader import make_loader, start_epoch
-from engine.pretrain import EpochResult, StepGuard, final_metrics, train_one_epoch
+from engine.preemption import RunControl, gather_from_ranks
+from engine.pretrain import EpochResult, EpochTally, StepGuard, final_metrics, train_one_epoch
 from losses.objective import add_loss_args, loss_args_error
 from utils import runtime
 from utils.amp import make_scaler, resolve_amp
-from utils.checkpoint import LAST_NAME, numbered_name, remove_stale_temps
+from utils.checkpoint import LAST_NAME, numbered_name, remove_stale_temps, save_checkpoint
 from utils.logging import RunLogger, prepare_output_dir, to_jsonable, write_json
 from utils.optim import set_lr, step_decay_lr
 
@@ -48,9 +50,13 @@ examples (the reference README's commands work verbatim):
     python train.py @my_flags.args --csv_file data/synth/pretrain.csv
 
 outputs in --output_dir: args.json, log.jsonl (one line per epoch), tb/ (TensorBoard),
-checkpoint_last.pth (every epoch), checkpoint_NNNN.pth (after NNNN epochs, every --save_every
-epochs and at the end), metrics.json (at the end). Rerunning the same command continues the run
-(--resume auto is the default)."""
+checkpoint_last.pth (every epoch, and inside an epoch every --checkpoint_minutes), checkpoint_NNNN.pth
+(after NNNN epochs, every --save_every epochs and at the end), metrics.json (at the end). Rerunning
+the same command continues the run (--resume auto is the default), from the next batch.
+
+long runs (docs/pretraining.md "Long runs"): SIGTERM or SIGUSR1 finishes the current step, writes
+checkpoint_last.pth and exits with status 75 ("requeue me"); scripts/slurm/pretrain_k400.sh
+requeues such a job by itself."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,7 +191,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
     scaler = make_scaler(amp_dtype, device)
 
     # -- resume
-    first_epoch, step = 0, 0
+    first_epoch, step, progress = 0, 0, None
     resume_path = runtime.broadcast_object(cli.resume_path(args))  # rank 0 decides for all
     if resume_path is not None:
         ckpt = read_training_checkpoint(resume_path)
@@ -194,6 +200,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
             check_same_files(ckpt, resume_path, {"csv_file": args.csv_file})
         first_epoch, step = restore_training_state(ckpt, resume_path, model=model, optimizer=optimizer,
                                                    scaler=scaler, restore_rng=main_proc)
+        progress = epoch_progress(ckpt, resume_path, info.world_size, args.train_batch)
         for group in optimizer.param_groups:  # the current --wd wins; the schedule sets the lr
             group["weight_decay"] = args.wd
         if ckpt.get("objective"):
@@ -208,7 +215,8 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
     logger.truncate_log(first_epoch)  # epochs about to be (re)run
     for name in removed:
         logger.print(f"removed {name} (left by an interrupted checkpoint write)")
-    logger.print(f"resumed from {resume_path}: epoch {first_epoch}, step {step}" if resume_path else
+    inside = f", batch {progress['batches']} of the epoch" if progress else ""
+    logger.print(f"resumed from {resume_path}: epoch {first_epoch}{inside}, step {step}" if resume_path else
                  f"starting fresh in {out_dir}" + (" (no checkpoint to resume)" if args.resume == "auto" else ""))
 
     compiled = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
@@ -223,26 +231,47 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
 
     # -- the loop
     guard = StepGuard(args.max_bad_steps, last_checkpoint=resume_path)
+    if progress:
+        guard.consecutive = int(progress.get("consecutive_bad", 0))
+    control = RunControl(args.checkpoint_steps, args.checkpoint_minutes, is_main=main_proc)
     result, t_run = None, time.perf_counter()
-    for epoch in range(first_epoch, args.epoch):
-        set_lr(optimizer, step_decay_lr(args.lr, epoch, args.lr_decay or ()))
-        start_epoch(loader, args.seed, info.rank, epoch)
-        result = train_one_epoch(
-            model=net, objective=objective, loader=loader, optimizer=optimizer, scaler=scaler,
-            amp_dtype=amp_dtype, info=info, epoch=epoch, step=step, guard=guard, logger=logger,
-            log_every=args.log_every, num_clips=args.sample + 1, color_on_device=args.gpu_augment,
-            exact_color=args.exact_color, show_progress=not args.no_progress,
-        )
-        step = result.step
-        if main_proc:  # log first: a kill before the checkpoint lands reruns the epoch, whose line is then replaced
-            record = result.record()
-            logger.log_epoch(record)
-            logger.scalars("epoch", {k: v for k, v in record.items() if k not in ("epoch", "step")}, step)
-            logger.flush()
-            state = training_state(model=model, optimizer=optimizer, scaler=scaler, next_epoch=epoch + 1,
-                                   step=step, args=to_jsonable(args), objective=objective.checkpoint_state())
-            save_epoch_checkpoints(state, out_dir, args.epoch, args.save_every)
+
+    def save_inside_epoch(tally: EpochTally, at_step: int) -> None:
+        """checkpoint_last.pth inside epoch ``epoch``: every rank's running sums, written by rank 0."""
+        ranks = gather_from_ranks(tally.state())
+        if main_proc:
+            t_save = time.perf_counter()
+            state = training_state(
+                model=model, optimizer=optimizer, scaler=scaler, next_epoch=epoch, step=at_step,
+                args=to_jsonable(args), objective=objective.checkpoint_state(),
+                epoch_progress={"batches": tally.batches, "world_size": info.world_size,
+                                "batch_size": args.train_batch, "ranks": ranks,
+                                "consecutive_bad": guard.consecutive})
+            save_checkpoint(state, out_dir / LAST_NAME)
+            logger.print(f"checkpoint inside epoch {epoch}: batch {tally.batches}, step {at_step}, written in "
+                         f"{time.perf_counter() - t_save:.2f} s to {out_dir / LAST_NAME}")
+        runtime.barrier()  # the other ranks stop (if they stop) only once the file is complete
         guard.last_checkpoint = str(out_dir / LAST_NAME)
+
+    with control.catch_signals():
+        for epoch in range(first_epoch, args.epoch):
+            set_lr(optimizer, step_decay_lr(args.lr, epoch, args.lr_decay or ()))
+            tally = EpochTally.from_state(progress["ranks"][info.rank], device) if progress else None
+            start_epoch(loader, args.seed, info.rank, epoch, tally.batches if tally else 0)
+            progress = None
+            result = train_one_epoch(
+                model=net, objective=objective, loader=loader, optimizer=optimizer, scaler=scaler,
+                amp_dtype=amp_dtype, info=info, epoch=epoch, step=step, guard=guard, logger=logger,
+                log_every=args.log_every, num_clips=args.sample + 1, color_on_device=args.gpu_augment,
+                exact_color=args.exact_color, show_progress=not args.no_progress,
+                tally=tally, control=control, checkpoint=save_inside_epoch,
+            )
+            step = result.step
+            if main_proc:
+                _end_epoch(args, result, logger, out_dir, model=model, optimizer=optimizer, scaler=scaler,
+                           objective=objective)
+            control.saved(step)
+            guard.last_checkpoint = str(out_dir / LAST_NAME)
 
     # -- the end
     metrics = None
@@ -266,6 +295,22 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
                          f"{args.epoch} epochs, loss {loss}, outputs in {out_dir}")
     logger.close()
     return metrics
+
+
+def _end_epoch(args: argparse.Namespace, result: EpochResult, logger: RunLogger, out_dir: Path, *,
+               model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               objective: torch.nn.Module) -> None:
+    """The epoch's ``log.jsonl`` line and TensorBoard scalars, then its checkpoints (rank 0).
+
+    Log first: a kill before the checkpoint lands reruns the epoch (from its last checkpoint
+    inside it), whose line is then replaced."""
+    record = result.record()
+    logger.log_epoch(record)
+    logger.scalars("epoch", {k: v for k, v in record.items() if k not in ("epoch", "step")}, result.step)
+    logger.flush()
+    state = training_state(model=model, optimizer=optimizer, scaler=scaler, next_epoch=result.epoch + 1,
+                           step=result.step, args=to_jsonable(args), objective=objective.checkpoint_state())
+    save_epoch_checkpoints(state, out_dir, args.epoch, args.save_every, keep=args.keep_checkpoints)
 
 
 def main(argv: list[str] | None = None) -> dict | None:

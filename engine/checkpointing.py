@@ -4,7 +4,14 @@ A training checkpoint is one dict (``utils/checkpoint.py`` writes and reads it):
 ``{"model", "model_config", "optimizer", "scaler", "epoch", "step", "args", "rng", "version"}``
 plus what the script adds (``train.py``: the objective's score queue, docs/method.md §3.4). ``epoch``
 is the next epoch to run. ``checkpoint_last.pth`` is written after every epoch and
-``checkpoint_NNNN.pth`` every ``--save_every`` epochs and at the end, before it.
+``checkpoint_NNNN.pth`` every ``--save_every`` epochs and at the end, before it (the
+``--keep_checkpoints`` newest are kept).
+
+A checkpoint written inside an epoch (``--checkpoint_minutes``, ``--checkpoint_steps``, a
+preemption signal) is ``checkpoint_last.pth`` with ``epoch`` = the epoch in progress and
+``epoch_progress`` = ``{"batches", "world_size", "batch_size", "ranks"}``: the batches of the
+epoch already consumed and every rank's running sums, so that the resumed epoch continues with
+the next batch and ends with the figures of a straight run.
 """
 from __future__ import annotations
 
@@ -16,8 +23,8 @@ from typing import Any
 import torch
 
 from utils.checkpoint import (
-    CHECKPOINT_VERSION, LAST_NAME, CheckpointError, capture_rng_state, load_checkpoint, numbered_name,
-    restore_rng_state, save_checkpoint,
+    CHECKPOINT_VERSION, LAST_NAME, CheckpointError, capture_rng_state, load_checkpoint, numbered_checkpoints,
+    numbered_name, restore_rng_state, save_checkpoint,
 )
 from utils.runtime import unwrap
 
@@ -46,9 +53,11 @@ def training_state(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     }
 
 
-def save_epoch_checkpoints(state: dict[str, Any], out_dir: Path, total_epochs: int, save_every: int) -> None:
+def save_epoch_checkpoints(state: dict[str, Any], out_dir: Path, total_epochs: int, save_every: int,
+                           keep: int = 0) -> None:
     """Write ``state`` (after ``state["epoch"]`` epochs) as ``checkpoint_NNNN.pth`` every
     ``save_every`` epochs and after the last one, then as ``checkpoint_last.pth`` (global rank 0).
+    ``keep`` > 0: then delete all but the ``keep`` newest ``checkpoint_NNNN.pth``.
 
     The numbered file comes first: a run killed between the two resumes from the previous
     ``checkpoint_last.pth``, reruns the epoch and writes both, so every numbered checkpoint the
@@ -57,6 +66,25 @@ def save_epoch_checkpoints(state: dict[str, Any], out_dir: Path, total_epochs: i
     if (save_every and done % save_every == 0) or done == total_epochs:
         save_checkpoint(state, out_dir / numbered_name(done))
     save_checkpoint(state, out_dir / LAST_NAME)
+    if keep:
+        for path in numbered_checkpoints(out_dir)[:-keep]:
+            path.unlink(missing_ok=True)
+
+
+def epoch_progress(ckpt: dict[str, Any], path: str, world_size: int, batch_size: int) -> dict[str, Any] | None:
+    """The ``epoch_progress`` of a checkpoint written inside an epoch (None for one written at an
+    epoch's end). Its position counts batches of one world size and batch size: another
+    ``CheckpointError``, naming how to go on."""
+    progress = ckpt.get("epoch_progress")
+    if not progress:
+        return None
+    saved = (int(progress["world_size"]), int(progress["batch_size"]))
+    if saved != (world_size, batch_size):
+        raise CheckpointError(
+            f"{path} was written inside epoch {ckpt['epoch']} by {saved[0]} process(es) with batch {saved[1]}; "
+            f"this run has {world_size} x {batch_size}. Resume with the same number of processes and batch "
+            "to continue that epoch, or --resume an epoch-end checkpoint_NNNN.pth")
+    return progress
 
 
 def read_training_checkpoint(path: str) -> dict[str, Any]:

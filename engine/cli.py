@@ -24,6 +24,8 @@ from utils.checkpoint import find_resume
 
 
 CLIP_DEFAULTS = {"seq": 16, "img_dim": 112}  # docs/method.md §1's clip: 16 frames of 112²
+# a kill or a preemption without warning loses at most this much work (docs/pretraining.md "Long runs")
+DEFAULT_CHECKPOINT_MINUTES = 15.0
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -199,6 +201,15 @@ def add_output_args(parser: argparse.ArgumentParser, holds: str, default_dir: st
         group.add_argument("--save_every", type=int, default=10,
                            help="keep checkpoint_NNNN.pth every this many epochs and at the end; 0 = only "
                                 "at the end")
+        group.add_argument("--keep_checkpoints", type=int, default=0, metavar="K",
+                           help="keep only the K newest checkpoint_NNNN.pth (older ones are deleted once a "
+                                "newer one is written); 0 = keep all")
+        group.add_argument("--checkpoint_minutes", type=float, default=DEFAULT_CHECKPOINT_MINUTES, metavar="M",
+                           help="also write checkpoint_last.pth inside an epoch once M minutes passed since "
+                                "the last checkpoint (a kill then loses at most M minutes; resuming continues "
+                                "with the next batch); 0 = off")
+        group.add_argument("--checkpoint_steps", type=int, default=0, metavar="N",
+                           help="also write checkpoint_last.pth inside an epoch every N optimiser steps; 0 = off")
     group.add_argument("--no_progress", action="store_true", help="no progress bars")
     return group
 
@@ -296,7 +307,10 @@ def check_common(args: argparse.Namespace) -> None:
                 "(or --device cpu for CPU processes)")
         require(args.dist_timeout > 0, f"--dist_timeout must be > 0, got {args.dist_timeout}")
     if hasattr(args, "resume"):
-        check_at_least(args, 0, "save_every")
+        check_at_least(args, 0, "save_every", "keep_checkpoints", "checkpoint_steps")
+        minutes = args.checkpoint_minutes
+        require(math.isfinite(minutes) and minutes >= 0,
+                f"--checkpoint_minutes must be a finite number >= 0, got {minutes}")
         require(args.resume in ("auto", "none") or os.path.isfile(args.resume),
                 f"--resume {args.resume}: no such checkpoint file (use auto, none or a checkpoint path)")
         found = find_resume(args.output_dir) if args.resume == "none" else None

@@ -20,6 +20,7 @@ from datasets.csv_io import CsvError
 from datasets.frames import FrameError
 from engine.cli import warn
 from engine.loader import DataTooSmall
+from engine.preemption import EXIT_REQUEUE, Preempted
 from engine.pretrain import TrainingDiverged
 from engine.probe import ProbeDiverged
 from models import BackboneLoadError
@@ -60,7 +61,8 @@ def run_process(prog: str, run: Callable[[argparse.Namespace, runtime.DistInfo],
     call ``run(args, info)``, leave the group.
 
     A user-caused error ends the process with one line (no traceback; a :class:`UsageError` with
-    exit status 2, like the parser's errors). Under DDP, any failure
+    exit status 2, like the parser's errors). A preemption (:class:`Preempted`: the checkpoint is
+    written) ends it with :data:`EXIT_REQUEUE`. Under DDP, any failure
     prints its message tagged with the rank and leaves at once with ``os._exit(1)``: the other
     ranks' pending collectives then fail (peer gone) or time out after ``--dist_timeout``.
     """
@@ -68,6 +70,14 @@ def run_process(prog: str, run: Callable[[argparse.Namespace, runtime.DistInfo],
     tag = f"[rank {info.rank}/{info.world_size}] " if info.distributed else ""
     try:
         result = run(args, info)
+    except Preempted as stop:
+        print(f"{tag}{prog}: preempted by {stop}: {Path(args.output_dir) / LAST_NAME} holds the run; "
+              f"exit status {EXIT_REQUEUE} (requeue me): rerun the same command to continue", file=sys.stderr,
+              flush=True)
+        if info.distributed:
+            sys.stdout.flush()
+            os._exit(EXIT_REQUEUE)
+        raise SystemExit(EXIT_REQUEUE) from None
     except Exception as err:
         worker = _worker_error_message(err)
         if isinstance(err, USER_ERRORS):
@@ -145,6 +155,8 @@ def _launch(prog: str, run: Callable[[argparse.Namespace, runtime.DistInfo], Any
             try:
                 runtime.spawn_workers(_spawned, nproc, prog, run, args)
             except runtime.WorkerError as err:
+                if err.exit_code == EXIT_REQUEUE:
+                    raise SystemExit(EXIT_REQUEUE) from None
                 raise SystemExit(f"{prog}: error: {err}") from None
             metrics_path = Path(args.output_dir) / "metrics.json"
             return json.loads(metrics_path.read_text()) if metrics_path.exists() else None

@@ -5,34 +5,92 @@ Every loader yields ``(batch, skipped)``: the dataset is wrapped in
 its items replaced (counted in the worker that loaded them; the loops sum them and all-reduce
 them under DDP). Three orders:
 
-- ``"epoch"`` (training): a shuffling :class:`DistributedSampler` over this rank's share (one
-  process: ``num_replicas=1``), ``drop_last``, and a generator that :func:`start_epoch` re-seeds,
-  so the data of epoch ``e`` depends only on ``(seed, rank, e)``: a resumed run sees exactly the
-  batches of a straight one. :class:`DataTooSmall` when not one batch is left.
+- ``"epoch"`` (training): an :class:`EpochSampler` (a shuffling :class:`DistributedSampler` over
+  this rank's share; one process: ``num_replicas=1``) with ``drop_last``. Every item is drawn
+  with its own seed, a function of ``(seed, epoch, position in the epoch's global order)``: its
+  random draws (clip start, rate, crop, flip, colour) do not depend on which DataLoader worker
+  loads it, on ``--workers``, or on the number of processes (N processes with batch b see the
+  global batches of one process with batch N·b), and an epoch can start at any batch
+  (:func:`start_epoch`): a run resumed mid-epoch sees exactly the batches a straight one would
+  have seen next. :class:`DataTooSmall` when not one batch is left.
 - ``"sequential"`` (testing, feature extraction): every item once, in dataset order.
 - ``"shuffle"``: one shuffle per pass from a generator seeded once with ``seed`` (the
   temporal-order probe, a single process that does not resume).
 
-Workers are not persistent and are seeded by :func:`utils.runtime.seed_worker` from the
-loader's generator.
+Workers are not persistent, are seeded by :func:`utils.runtime.seed_worker` from the loader's
+generator, and leave the preemption signals to the main process (:mod:`engine.preemption`).
 """
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datasets.base import SkipCounting
+from engine.preemption import ignore_signals_in_worker
 from utils import distributed as dist_utils
 from utils.runtime import derive_seed, seed_worker
 
 ORDERS: tuple[str, ...] = ("epoch", "sequential", "shuffle")
 
 
+def _init_worker(worker_id: int) -> None:
+    seed_worker(worker_id)
+    ignore_signals_in_worker()
+
+
 class DataTooSmall(ValueError):
     """The dataset cannot fill a single global batch."""
+
+
+class EpochSampler(DistributedSampler):
+    """This rank's share of one epoch's shuffled order, as ``(index, item_seed)`` pairs, from the
+    ``start``-th item on (:meth:`set_position`).
+
+    ``item_seed`` belongs to the item's position in the epoch's *global* order (local position
+    ``p`` of rank ``r`` of ``N`` is global position ``p·N + r``), drawn from a generator seeded
+    with ``(seed, epoch)``.
+    """
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        """Epoch ``epoch`` from its ``start``-th item of this rank (0 = from the beginning)."""
+        if not 0 <= start <= self.num_samples:
+            raise ValueError(f"start {start} is outside the epoch's {self.num_samples} items")
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        indices = list(super().__iter__())
+        draws = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        seeds = torch.randint(2**62, (self.total_size,), generator=draws)[self.rank::self.num_replicas]
+        return iter(list(zip(indices, seeds.tolist()))[self.start:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class SeededItems(Dataset):
+    """``dataset[index]`` with the global CPU torch generator seeded by ``item_seed`` first: the
+    items of an :class:`EpochSampler` (every random draw of the datasets comes from that
+    generator, ``datasets/transforms.py``)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> object:
+        index, item_seed = key
+        torch.default_generator.manual_seed(item_seed)
+        return self.dataset[index]
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, workers: int, device: torch.device,
@@ -44,18 +102,18 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int, device: torc
     ``batch_flag`` names the flag to lower in the :class:`DataTooSmall` message."""
     if order not in ORDERS:
         raise ValueError(f"unknown loader order {order!r}; choose one of {ORDERS}")
-    counting = SkipCounting(dataset)
+    counting: Dataset = SkipCounting(dataset)
     sampler, generator = None, None
     if order == "epoch":
-        sampler = DistributedSampler(counting, num_replicas=dist_utils.world_size(),
-                                     rank=dist_utils.rank(), shuffle=True, seed=seed or 0,
-                                     drop_last=True)
+        sampler = EpochSampler(counting, num_replicas=dist_utils.world_size(), rank=dist_utils.rank(),
+                               seed=seed or 0)
+        counting = SeededItems(counting)
         generator = torch.Generator()
     elif order == "shuffle" or seed is not None:
         generator = torch.Generator().manual_seed(seed or 0)
     loader = DataLoader(counting, batch_size=batch_size, sampler=sampler, shuffle=order == "shuffle",
                         num_workers=workers, pin_memory=device.type == "cuda",
-                        drop_last=order == "epoch", worker_init_fn=seed_worker, generator=generator,
+                        drop_last=order == "epoch", worker_init_fn=_init_worker, generator=generator,
                         persistent_workers=False)
     if order == "epoch" and len(loader) == 0:
         world = dist_utils.world_size()
@@ -65,15 +123,14 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int, device: torc
     return loader
 
 
-def start_epoch(loader: DataLoader, seed: int, rank: int, epoch: int) -> None:
-    """Make epoch ``epoch``'s data of an ``"epoch"``-order loader a function of
-    ``(seed, rank, epoch)`` only.
+def start_epoch(loader: DataLoader, seed: int, rank: int, epoch: int, first_batch: int = 0) -> None:
+    """Start epoch ``epoch`` of an ``"epoch"``-order loader at its batch ``first_batch`` (a run
+    resumed mid-epoch); its data is a function of ``(seed, epoch)`` only.
 
-    Sets the sampler's epoch (shuffle order, same on every rank), re-seeds the loader generator
-    (worker seeds) and this process's global RNGs (augmentations drawn in the main process when
-    ``--workers 0``, dropout).
+    Sets the sampler's epoch (shuffle order, same on every rank) and start, re-seeds the loader
+    generator (worker seeds) and this process's global RNGs.
     """
-    loader.sampler.set_epoch(epoch)
+    loader.sampler.set_position(epoch, first_batch * loader.batch_size)
     loader.generator.manual_seed(derive_seed(seed, rank, epoch, 0))
     s = derive_seed(seed, rank, epoch, 1)
     torch.manual_seed(s)

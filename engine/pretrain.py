@@ -8,6 +8,7 @@ train.py wires these together with the loader (``engine/loader.py``) and the che
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets.transforms import color_augment_batch
+from engine.preemption import Preempted, RunControl
 from utils.amp import autocast
 from utils.distributed import all_reduce_sum_
 from utils.logging import RunLogger, progress
@@ -99,6 +101,36 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+@dataclass
+class EpochTally:
+    """This rank's running sums over an epoch: what a checkpoint written inside the epoch keeps
+    (:meth:`state`), so that the resumed epoch ends with the figures of a straight one."""
+
+    batches: int = 0  # batches consumed (finite and skipped steps)
+    good_steps: int = 0
+    bad_steps: int = 0
+    skipped: int = 0  # corrupt videos replaced by others
+    seconds: float = 0.0  # wall time of the attempts that were checkpointed
+    keys: list[str] | None = None  # the loss parts summed in ``sums``
+    sums: torch.Tensor | None = None
+    label_counts: torch.Tensor | None = None
+
+    def state(self) -> dict[str, Any]:
+        """Plain values and CPU tensors (``weights_only`` loadable)."""
+        cpu = {k: None if v is None else v.detach().cpu() for k, v in
+               (("sums", self.sums), ("label_counts", self.label_counts))}
+        return {"batches": self.batches, "good_steps": self.good_steps, "bad_steps": self.bad_steps,
+                "skipped": self.skipped, "seconds": self.seconds, "keys": self.keys, **cpu}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochTally:
+        """The inverse of :meth:`state`, with the tensors on ``device``."""
+        on = {k: None if state.get(k) is None else state[k].to(device) for k in ("sums", "label_counts")}
+        return cls(batches=int(state["batches"]), good_steps=int(state["good_steps"]),
+                   bad_steps=int(state["bad_steps"]), skipped=int(state["skipped"]),
+                   seconds=float(state["seconds"]), keys=state.get("keys"), **on)
+
+
 def train_one_epoch(
     *,
     model: torch.nn.Module,
@@ -117,6 +149,9 @@ def train_one_epoch(
     color_on_device: bool = False,
     exact_color: bool = False,
     show_progress: bool = True,
+    tally: EpochTally | None = None,
+    control: RunControl | None = None,
+    checkpoint: Callable[[EpochTally, int], None] | None = None,
 ) -> EpochResult:
     """One pass over ``loader`` (docs/method.md §2–§4).
 
@@ -131,6 +166,13 @@ def train_one_epoch(
     whole batch, on ``info.device``, as it moves there (:func:`color_augment_batch`; ``exact_color``:
     torchvision's maths instead of the fast kernel).
     ``show_progress``: a progress bar on the main process.
+
+    An epoch resumed inside itself passes its checkpointed ``tally`` (the loader then starts at
+    batch ``tally.batches``, :func:`engine.loader.start_epoch`). The same collective as the
+    finiteness check carries ``control``'s requests (:class:`engine.preemption.RunControl`):
+    when the ranks agree on a checkpoint, ``checkpoint(tally, step)`` is called on every rank
+    after the step (not after the epoch's last one: the epoch's own checkpoint follows); when a
+    rank received a preemption signal, :class:`~engine.preemption.Preempted` is raised after it.
     """
     raw = unwrap(model)
     device = info.device
@@ -139,24 +181,23 @@ def train_one_epoch(
     with_graph = bool(objective.needs_graph(epoch))
     params = [p for g in optimizer.param_groups for p in g["params"]]
     lr = optimizer.param_groups[0]["lr"]
-    steps_total = len(loader)
-    keys: list[str] | None = None
-    sums: torch.Tensor | None = None
-    good_steps = 0
-    skipped = 0
-    bad_steps = 0
-    label_counts = torch.zeros(raw.num_prototypes, dtype=torch.long, device=device)
+    tally = tally or EpochTally()
+    if tally.label_counts is None:
+        tally.label_counts = torch.zeros(raw.num_prototypes, dtype=torch.long, device=device)
+    steps_total = tally.batches + len(loader)
     batch_videos = loader.batch_size * info.world_size
 
     data_wait = 0.0
     win_wait, win_time, win_steps = 0.0, 0.0, 0
     t_epoch = time.perf_counter()
     t_prev = t_epoch
-    bar = progress(range(steps_total), enabled=info.is_main and show_progress, desc=f"epoch {epoch}", leave=False)
+    bar = progress(range(tally.batches, steps_total), enabled=info.is_main and show_progress,
+                   desc=f"epoch {epoch}", leave=False, initial=tally.batches, total=steps_total)
     iterator = iter(loader)
     for _ in bar:
         clips, skipped_now = next(iterator)
-        skipped += int(skipped_now.sum())
+        tally.batches += 1
+        tally.skipped += int(skipped_now.sum())
         t_data = time.perf_counter()
         wait = t_data - t_prev
         if color_on_device:
@@ -189,9 +230,13 @@ def train_one_epoch(
         bad = ~torch.isfinite(loss.detach())
         if not scaler.is_enabled():  # with fp16 the scaler itself skips overflowing steps
             bad = bad | ~torch.isfinite(grad_norm)
-        flags = torch.stack([bad.float(), loss.detach().float(), grad_norm.detach().float()])
-        all_reduce_sum_(flags[:1])
-        n_bad, loss_value, gnorm = flags.tolist()  # the one host sync of the step
+        # after this step: the step count if it is finite (the requests are read after it)
+        requests = control.requests(step + 1) if control is not None else [0.0, 0.0]
+        flags = torch.cat([bad.float().reshape(1), torch.tensor(requests, device=device),
+                           torch.stack([loss.detach().float(), grad_norm.detach().float()])])
+        all_reduce_sum_(flags[:3])
+        n_bad, *summed, loss_value, gnorm = flags.tolist()  # the one host sync of the step
+        save, stop = RunControl.agreed(summed)
         if n_bad > 0:
             optimizer.zero_grad(set_to_none=True)
             objective.load_state_dict(queue_before)
@@ -200,57 +245,63 @@ def train_one_epoch(
                     buffer.copy_(saved)
             if scaler.is_enabled():
                 scaler.update()
-            bad_steps += 1
+            tally.bad_steps += 1
             if info.is_main:
                 logger.print(f"warning: non-finite loss/gradient at epoch {epoch} step {step} "
                              f"(loss {loss_value}); step skipped")
             guard.bad(epoch, step)
-            t_prev = time.perf_counter()
-            continue
-        guard.good()
-        scaler.step(optimizer)
-        scaler.update()
-        step += 1
-        good_steps += 1
+        else:
+            guard.good()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            tally.good_steps += 1
+            if tally.keys is None:
+                tally.keys = [k for k, v in result.parts.items() if v.numel() == 1]
+                tally.sums = torch.zeros(len(tally.keys), dtype=torch.float64, device=device)
+            vec = torch.stack([result.parts[k].detach().double().reshape(()) for k in tally.keys])
+            tally.sums += vec
+            labels = result.pseudo_labels.detach().long().flatten()
+            tally.label_counts.scatter_add_(0, labels, torch.ones_like(labels))  # bincount would sync on CUDA
 
-        if keys is None:
-            keys = [k for k, v in result.parts.items() if v.numel() == 1]
-            sums = torch.zeros(len(keys), dtype=torch.float64, device=device)
-        vec = torch.stack([result.parts[k].detach().double().reshape(()) for k in keys])
-        sums += vec
-        labels = result.pseudo_labels.detach().long().flatten()
-        label_counts.scatter_add_(0, labels, torch.ones_like(labels))  # bincount would sync on CUDA
-
-        t_now = time.perf_counter()
-        data_wait += wait
-        win_wait += wait
-        win_time += t_now - t_prev
-        win_steps += 1
-        t_prev = t_now
-        if info.is_main and (step % log_every == 0 or good_steps == 1):
-            values = dict(zip(keys, vec.tolist()))
-            logger.scalars("train", {k: v for k, v in values.items()}, step)
-            logger.scalar("train/lr", lr, step)
-            logger.scalar("train/grad_norm", gnorm, step)
-            if win_time > 0:
-                logger.scalar("perf/clips_per_s", win_steps * batch_videos * num_clips / win_time, step)
-                logger.scalar("perf/data_wait_frac", win_wait / win_time, step)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2g}", refresh=False)
-            win_wait, win_time, win_steps = 0.0, 0.0, 0
-    seconds = time.perf_counter() - t_epoch
+            t_now = time.perf_counter()
+            data_wait += wait
+            win_wait += wait
+            win_time += t_now - t_prev
+            win_steps += 1
+            if info.is_main and (step % log_every == 0 or tally.good_steps == 1):
+                logger.scalars("train", dict(zip(tally.keys, vec.tolist())), step)
+                logger.scalar("train/lr", lr, step)
+                logger.scalar("train/grad_norm", gnorm, step)
+                if win_time > 0:
+                    logger.scalar("perf/clips_per_s", win_steps * batch_videos * num_clips / win_time, step)
+                    logger.scalar("perf/data_wait_frac", win_wait / win_time, step)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2g}", refresh=False)
+                win_wait, win_time, win_steps = 0.0, 0.0, 0
+        if checkpoint is not None and (stop or (save and tally.batches < steps_total)):
+            tally_now = EpochTally(**{**vars(tally), "seconds": tally.seconds + time.perf_counter() - t_epoch})
+            checkpoint(tally_now, step)
+            if control is not None:
+                control.saved(step)
+            if stop:
+                raise Preempted(f"{(control and control.received) or 'a signal to another rank'} at "
+                                f"epoch {epoch}, batch {tally.batches} of {steps_total}, step {step}")
+        t_prev = time.perf_counter()
+    seconds = tally.seconds + time.perf_counter() - t_epoch
     if hasattr(bar, "close"):
         bar.close()
 
-    res = EpochResult(epoch=epoch, step=step, lr=lr, steps=good_steps, bad_steps=bad_steps, seconds=seconds)
-    all_reduce_sum_(label_counts)
-    res.distinct_pseudo_labels = int((label_counts > 0).sum())
-    res.skipped_samples = int(all_reduce_sum_(torch.tensor([skipped], device=device)).item())
-    if keys is not None and sums is not None:
-        all_reduce_sum_(sums)
-        means = (sums / (good_steps * info.world_size)).tolist()
-        res.parts = dict(zip(keys, means))
-    videos = good_steps * batch_videos
+    res = EpochResult(epoch=epoch, step=step, lr=lr, steps=tally.good_steps, bad_steps=tally.bad_steps,
+                      seconds=seconds)
+    all_reduce_sum_(tally.label_counts)
+    res.distinct_pseudo_labels = int((tally.label_counts > 0).sum())
+    res.skipped_samples = int(all_reduce_sum_(torch.tensor([tally.skipped], device=device)).item())
+    if tally.keys is not None and tally.sums is not None:
+        all_reduce_sum_(tally.sums)
+        means = (tally.sums / (tally.good_steps * info.world_size)).tolist()
+        res.parts = dict(zip(tally.keys, means))
+    videos = tally.good_steps * batch_videos
     res.videos_per_s = videos / seconds if seconds > 0 else 0.0
     res.clips_per_s = res.videos_per_s * num_clips
     res.data_wait_frac = data_wait / seconds if seconds > 0 else 0.0

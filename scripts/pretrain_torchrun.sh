@@ -6,8 +6,9 @@
 #   NGPU=2 CSV=my.csv OUT=runs/x scripts/pretrain_torchrun.sh ucf101 --epoch 10   # extra flags last
 #
 # --max-restarts 3 + --resume auto: if a worker crashes, torchrun restarts all workers and they
-# continue from checkpoint_last.pth (at most the epoch in progress is lost). Rerunning the script
-# after the machine went down does the same.
+# continue from checkpoint_last.pth, written at least every --checkpoint_minutes (15) inside an
+# epoch. Rerunning the script after the machine went down does the same; SIGTERM to torchrun makes
+# train.py checkpoint after its current step and stop (status 75).
 set -euo pipefail
 
 RECIPE=${1:-k400}

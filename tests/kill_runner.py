@@ -10,11 +10,14 @@
 * ``after:NAME:N``: right after the ``N``-th atomic write of ``NAME`` has landed;
 * ``log:log.jsonl:N``: right after the ``N``-th line is appended to ``log.jsonl``;
 * ``step:optimizer:N``: right after the ``N``-th optimiser step of the process (mid-epoch, with
-  the DataLoader's workers running).
+  the DataLoader's workers running);
+* ``signal:SIGTERM:N`` (or ``SIGUSR1``): that signal instead of SIGKILL, sent to the process
+  itself right after its ``N``-th optimiser step (a preemption notice).
 
 Every checkpoint and record of the project is written through ``utils.checkpoint``'s
 ``atomic_write_bytes`` and every log line through ``RunLogger.log_epoch``, so these moments cover
-every write. If the moment never comes the script runs to its end.
+every write. If the moment never comes the script runs to its end. The processes ``--multiprocessing-distributed``
+spawns import the modules afresh, without these hooks: use the harness with one process.
 """
 from __future__ import annotations
 
@@ -74,8 +77,13 @@ def log_epoch(self, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 def after_step(optimizer, args, kwargs):  # type: ignore[no-untyped-def]
+    global seen
     if kind == "step" and _count("optimizer"):
         _die()
+    if kind == "signal":
+        seen += 1
+        if seen == target:
+            os.kill(os.getpid(), getattr(signal, name))
 
 
 register_optimizer_step_post_hook(after_step)

@@ -184,26 +184,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     return state
 
 
+def numbered_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The ``checkpoint_NNNN.pth`` files of ``output_dir``, oldest (fewest epochs) first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NUMBERED.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
 def find_resume(output_dir: str | os.PathLike) -> str | None:
     """The checkpoint to resume from in ``output_dir``: ``checkpoint_last.pth`` if present, else
     the numbered ``checkpoint_XXXX.pth`` with the most epochs, else ``None``.
 
     Temp files of interrupted writes (``.tmp-*``) are never returned.
     """
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    last = folder / LAST_NAME
+    last = Path(output_dir) / LAST_NAME
     if last.is_file():
         return str(last)
-    numbered = []
-    for p in folder.iterdir():
-        m = _NUMBERED.match(p.name)
-        if m and p.is_file():
-            numbered.append((int(m.group(1)), p))
-    if not numbered:
-        return None
-    return str(max(numbered)[1])
+    numbered = numbered_checkpoints(output_dir)
+    return str(numbered[-1]) if numbered else None
 
 
 def remove_stale_temps(output_dir: str | os.PathLike) -> list[str]:

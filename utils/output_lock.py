@@ -20,6 +20,24 @@ except ImportError:  # pragma: no cover - not on Linux or macOS
     fcntl = None
 
 LOCK_NAME = ".lock"
+_HELD: set[int] = set()  # file descriptors of the locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): point the inherited lock descriptors at
+    ``/dev/null``. The child then holds no reference to the lock, so a SIGKILLed run's folder is
+    free at once, not when its orphaned workers notice and exit seconds later."""
+    if not _HELD:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    for fd in _HELD:
+        os.dup2(null, fd)
+    os.close(null)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 class OutputDirBusy(RuntimeError):
@@ -54,6 +72,8 @@ def hold_output_dir(path: str | os.PathLike) -> Iterator[Path]:
         handle.write(f"host {socket.gethostname()}, pid {os.getpid()}, since "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
+        _HELD.add(handle.fileno())
         yield folder
     finally:
+        _HELD.discard(handle.fileno())
         handle.close()  # closing the file releases the lock

@@ -17,7 +17,9 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +32,12 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 class WorkerError(RuntimeError):
-    """A spawned worker process failed; its own error message was printed by that process."""
+    """A spawned worker process failed; its own error message was printed by that process.
+    ``exit_code``: the status it exited with (None when it raised or died by a signal)."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,12 @@ def init_distributed(device_flag: str = "auto", timeout_s: float = 1800) -> Dist
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def cleanup_distributed() -> None:
     """Leave the process group (no-op without one)."""
     if dist.is_available() and dist.is_initialized():
@@ -153,23 +166,40 @@ def num_spawn(device_flag: str, nproc: int | None) -> int:
     return nproc or 1
 
 
-def spawn_workers(fn: Callable[..., Any], nproc: int, *args: Any) -> None:
+def spawn_workers(fn: Callable[..., Any], nproc: int, *args: Any,
+                  forward: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1)) -> None:
     """Run ``fn(local_rank, *args)`` in ``nproc`` fresh processes on this machine (one node).
 
     Each child gets ``MASTER_ADDR=127.0.0.1``, a free ``MASTER_PORT`` (or the ones already set in
     the environment), ``WORLD_SIZE=nproc`` and ``RANK=LOCAL_RANK=local_rank``, so
-    :func:`init_distributed` works unchanged. The parent's environment is not modified. When one
-    child fails the others are terminated and :class:`WorkerError` is raised.
+    :func:`init_distributed` works unchanged. The parent's environment is not modified. The
+    signals in ``forward`` that reach the parent (a scheduler's preemption notice) are passed on
+    to every child. When one child fails the others are terminated and :class:`WorkerError` is
+    raised.
     """
     addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
     port = _env_int("MASTER_PORT", 0) or free_port()
+    context = torch.multiprocessing.start_processes(_spawn_entry, args=(fn, nproc, addr, port, args), nprocs=nproc,
+                                                    join=False, start_method="spawn")
+
+    def pass_on(signum: int, frame: Any) -> None:
+        for process in context.processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signum)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, pass_on) for sig in forward} if in_main else {}
     try:
-        torch.multiprocessing.spawn(_spawn_entry, args=(fn, nproc, addr, port, args), nprocs=nproc, join=True)
+        while not context.join():
+            pass
     except torch.multiprocessing.ProcessRaisedException as e:
         raise WorkerError(f"worker process {e.error_index} of {nproc} raised an exception:\n{e.msg}") from None
     except torch.multiprocessing.ProcessExitedException as e:
         raise WorkerError(f"worker process {e.error_index} of {nproc} exited with code {e.exit_code}; "
-                          "see its message above") from None
+                          "see its message above", exit_code=e.exit_code) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -197,8 +227,8 @@ def seed_worker(worker_id: int) -> None:
 def wrap_ddp(model: torch.nn.Module, info: DistInfo, find_unused_parameters: bool = True) -> torch.nn.Module:
     """SyncBatchNorm + ``DistributedDataParallel`` when ``info.distributed``, identity otherwise.
 
-    SyncBatchNorm needs a GPU: on CPU (gloo, used for testing) the BatchNorm layers stay
-    per-process. ``find_unused_parameters`` defaults to True because the graph heads and the
+    On CPU (gloo) the BatchNorm layers become :mod:`utils.cpu_sync_batchnorm`'s synchronised
+    twins (torch's SyncBatchNorm runs on GPUs only). ``find_unused_parameters`` defaults to True because the graph heads and the
     prototypes do not receive gradients in every epoch (docs/method.md §2, §3.5).
     """
     if not info.distributed:
@@ -209,7 +239,9 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo, find_unused_parameters: boo
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DDP(model, device_ids=[info.device.index], output_device=info.device.index,
                    find_unused_parameters=find_unused_parameters)
-    return DDP(model, find_unused_parameters=find_unused_parameters)
+    from utils.cpu_sync_batchnorm import convert_cpu_sync_batchnorm
+
+    return DDP(convert_cpu_sync_batchnorm(model), find_unused_parameters=find_unused_parameters)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

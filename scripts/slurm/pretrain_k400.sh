@@ -8,10 +8,17 @@
 #
 # One torchrun per node (srun --ntasks-per-node 1); torchrun starts one train.py per GPU and joins
 # the nodes through a c10d rendezvous on the first node. Recovery, without anyone watching:
+#   - time limit: --signal sends SIGUSR1 to this script 3 minutes before it; the script passes
+#     SIGTERM to srun, which forwards it to every torchrun, which forwards it to its train.py
+#     processes: they finish their step, rank 0 writes checkpoint_last.pth (inside the epoch), all
+#     exit (status 75, "requeue me"), and the script requeues the job (scontrol requeue);
+#   - preemption: the scheduler's SIGTERM reaches train.py the same way (directly or through
+#     this script), with the same outcome; with --requeue the scheduler requeues it itself;
 #   - a crashed worker: torchrun restarts all workers (--max-restarts), train.py continues from
-#     checkpoint_last.pth (--resume auto), losing at most the epoch in progress;
-#   - preemption / node failure / time limit: --requeue puts the job back in the queue, and the
-#     same command resumes the same way (resubmitting by hand works too).
+#     checkpoint_last.pth (--resume auto);
+#   - a kill without warning (node failure): checkpoint_last.pth is at most --checkpoint_minutes
+#     (15) old, and the requeued job continues from it.
+# The requeued job runs this same script: --resume auto continues with the next batch.
 #SBATCH --job-name=mlv-k400
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -20,6 +27,7 @@
 #SBATCH --mem=0
 #SBATCH --time=72:00:00
 #SBATCH --requeue
+#SBATCH --signal=B:USR1@180
 #SBATCH --open-mode=append
 #SBATCH --output=%x-%j.out
 
@@ -46,6 +54,15 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 
 echo "$(date) job ${SLURM_JOB_ID:-local} restart ${SLURM_RESTART_COUNT:-0}: $NNODES node(s) x $GPUS_PER_NODE GPU(s), head $HEAD"
 
+notice=""
+on_notice() {  # the time limit is near, or the job is being preempted: checkpoint, then requeue
+  notice=$1
+  echo "$(date) $notice: asking train.py to checkpoint and stop"
+  kill -TERM "$srun_pid" 2>/dev/null || true
+}
+trap 'on_notice SIGUSR1' USR1
+trap 'on_notice SIGTERM' TERM
+
 srun --kill-on-bad-exit=1 "$PYTHON" -m torch.distributed.run \
   --nnodes="$NNODES" --nproc_per_node="$GPUS_PER_NODE" \
   --rdzv_id="${SLURM_JOB_ID:-mlv}" --rdzv_backend=c10d --rdzv_endpoint="$HEAD:$PORT" \
@@ -56,4 +73,17 @@ srun --kill-on-bad-exit=1 "$PYTHON" -m torch.distributed.run \
     --train_batch $((GLOBAL_BATCH / WORLD)) --workers "$WORKERS" \
     --cluster 1000 --epoch 100 --lr_decay 70 --split 20 --thres 0.05 \
     --lr 1e-3 --wd 1e-5 --channel 128 --amp auto --save_every 10 --dist_timeout 1800 \
-    "$@"
+    --checkpoint_minutes 15 \
+    "$@" &
+srun_pid=$!
+status=0
+wait "$srun_pid" || status=$?
+while kill -0 "$srun_pid" 2>/dev/null; do  # a trap interrupted wait: wait for the checkpoint
+  wait "$srun_pid" || status=$?
+done
+if [[ -n "$notice" ]]; then
+  echo "$(date) stopped after $notice (status $status): requeueing job ${SLURM_JOB_ID:-local}"
+  scontrol requeue "${SLURM_JOB_ID}" || true  # already requeued by a preemption: nothing to do
+  exit 0
+fi
+exit "$status"
