@@ -38,7 +38,10 @@ Outputs in --output_dir: args.json, log.jsonl (one line per probe epoch), Tensor
 metrics.json (percent: top1, top5, clip_top1, knn_top1, retrieval R@k, train_loss / train_top1 of the
 last epoch, chance and at_chance; probe = the recipe, lr, wd and sweep scores; init = "pretrained" or
 "random", num_train, num_val, skipped_videos = videos replaced by another because of a missing or
-corrupt frame, also per split as skipped_videos_train / skipped_videos_val, ...). Without
+corrupt frame, also per split as skipped_videos_train / skipped_videos_val, protocol = the split,
+clips x crops and the pretraining checkpoint, ...). A --val_csv video that the --pretrained
+checkpoint was pretrained on stops the run before anything is computed (--allow_overlap runs
+anyway and records it; docs/evaluation.md). Without
 --pretrained the backbone is RANDOMLY INITIALISED: the baseline every result is compared with
 (init = "random" in metrics.json).
 
@@ -72,6 +75,7 @@ from engine.probe import (
     assert_state_unchanged, predict_features, state_snapshot, train_linear_probe, train_probe_end_to_end,
 )
 from engine.probe_sweep import PROBE_GRID, sweep_linear_probe
+from engine.protocol import check_pretraining_overlap, protocol_record
 from models import PROBE_LEVELS, RANDOM_INIT_BANNER, ClassifierHead, VideoClassifier, build_eval_backbone, level_dim
 from utils import runtime
 from utils.amp import resolve_amp
@@ -206,6 +210,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
     logger.truncate_log(0)  # a rerun in the same --output_dir starts a fresh log
     show = not args.no_progress
 
+    leakage = check_pretraining_overlap(args, logger.print)  # refuses test videos seen in pretraining
     backbone, init = build_eval_backbone(args.pretrained, args.net, args.width)
     if init["init"] == "random":
         logger.print(RANDOM_INIT_BANNER)
@@ -268,6 +273,8 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
                                "train_val_overlap": overlap, "num_clips": args.num_clips, "ten_crop": args.ten_crop,
                                "seq": args.seq, "img_dim": args.img_dim, "probe_level": args.probe_level,
                                "epochs": args.epochs}
+    mode_name = "linear" if args.epochs else "retrieval" if args.retrieval else "knn"
+    metrics["protocol"] = protocol_record(args, mode_name, len(train_set), len(test_set), leakage)
     if args.epochs:
         if args.cache_features:
             if args.aug_epochs:  # (N, passes, D): one augmented clip per video per pass

@@ -59,6 +59,7 @@ from engine.loader import make_loader, start_epoch
 from engine.metrics import chance_level, classification_metrics
 from engine.preemption import RunControl, gather_from_ranks
 from engine.probe import DivergenceGuard
+from engine.protocol import check_pretraining_overlap, protocol_record
 from engine.supervised import train_one_epoch
 from models import RANDOM_INIT_BANNER, ClassifierHead, VideoClassifier, build_backbone, build_eval_backbone
 from utils import runtime
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
     # after the checkpoint we restart from.
     logger = RunLogger(out, enabled=main_proc, purge_step=first_epoch)
     logger.truncate_log(first_epoch)
+    leakage = check_pretraining_overlap(args, logger.print)  # refuses test videos seen in pretraining
     if ckpt is None:
         backbone, config = build_eval_backbone(args.pretrained, args.net, args.width)
     else:  # the checkpoint holds the whole fine-tuned network: build it empty
@@ -248,7 +250,8 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any] | No
                    "img_dim": args.img_dim, "epochs": args.epochs,
                    "world_size": info.world_size, "checkpoint": str(out / LAST_NAME),
                    "skipped_videos": skipped_train + skipped_val, "skipped_videos_train": skipped_train,
-                   "skipped_videos_val": skipped_val}
+                   "skipped_videos_val": skipped_val,
+                   "protocol": protocol_record(args, "finetune", len(train_set), len(test_set), leakage)}
         logger.scalars("test", result, args.epochs)
         write_json(out / "metrics.json", metrics)
         logger.print("=> " + " ".join(f"{k}={v:.2f}" for k, v in result.items())

@@ -27,6 +27,7 @@ from engine.checkpointing import (
 from engine.loader import make_loader, start_epoch
 from engine.preemption import RunControl, gather_from_ranks
 from engine.pretrain import EpochResult, EpochTally, StepGuard, final_metrics, train_one_epoch
+from engine.protocol import pretraining_record
 from losses.objective import add_loss_args, loss_args_error
 from utils import runtime
 from utils.amp import make_scaler, resolve_amp
@@ -181,6 +182,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
                               color_on_device=args.gpu_augment, exact_color=args.exact_color)
     loader = make_loader(dataset, args.train_batch, workers=args.workers, device=device, order="epoch",
                          seed=args.seed, batch_flag="--train_batch")
+    videos = pretraining_record(dataset)  # in every checkpoint: what evaluations must not test on
     # channels_last_3d on every device: the oneDNN (CPU) and cuDNN convolutions are faster in it
     # (CPU, 2 threads: 1.09-1.21x per step at 16x112^2, 1.03-1.37x at the demo's sizes on three
     # CPUs; scripts/bench_step.py --compare, docs/performance.md).
@@ -243,7 +245,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
             t_save = time.perf_counter()
             state = training_state(
                 model=model, optimizer=optimizer, scaler=scaler, next_epoch=epoch, step=at_step,
-                args=to_jsonable(args), objective=objective.checkpoint_state(),
+                args=to_jsonable(args), objective=objective.checkpoint_state(), pretrain_videos=videos,
                 epoch_progress={"batches": tally.batches, "world_size": info.world_size,
                                 "batch_size": args.train_batch, "ranks": ranks,
                                 "consecutive_bad": guard.consecutive})
@@ -269,7 +271,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
             step = result.step
             if main_proc:
                 _end_epoch(args, result, logger, out_dir, model=model, optimizer=optimizer, scaler=scaler,
-                           objective=objective)
+                           objective=objective, videos=videos)
             control.saved(step)
             guard.last_checkpoint = str(out_dir / LAST_NAME)
 
@@ -299,7 +301,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict | None:
 
 def _end_epoch(args: argparse.Namespace, result: EpochResult, logger: RunLogger, out_dir: Path, *,
                model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               objective: torch.nn.Module) -> None:
+               objective: torch.nn.Module, videos: dict) -> None:
     """The epoch's ``log.jsonl`` line and TensorBoard scalars, then its checkpoints (rank 0).
 
     Log first: a kill before the checkpoint lands reruns the epoch (from its last checkpoint
@@ -309,7 +311,8 @@ def _end_epoch(args: argparse.Namespace, result: EpochResult, logger: RunLogger,
     logger.scalars("epoch", {k: v for k, v in record.items() if k not in ("epoch", "step")}, result.step)
     logger.flush()
     state = training_state(model=model, optimizer=optimizer, scaler=scaler, next_epoch=result.epoch + 1,
-                           step=result.step, args=to_jsonable(args), objective=objective.checkpoint_state())
+                           step=result.step, args=to_jsonable(args), objective=objective.checkpoint_state(),
+                           pretrain_videos=videos)
     save_epoch_checkpoints(state, out_dir, args.epoch, args.save_every, keep=args.keep_checkpoints)
 
 

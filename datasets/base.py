@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from datasets.csv_io import read_video_csv
-from datasets.frames import FrameError, is_video_file
+from datasets.frames import VIDEO_EXTENSIONS, FrameError, is_video_file
 
 
 class DataUnreadable(RuntimeError):
@@ -110,6 +110,24 @@ def split_overlap(train: FrameFolderDataset, test: FrameFolderDataset) -> tuple[
     return len(shared), (f"WARNING: {len(shared)} of the {len(test)} videos of {test.csv_file} are also "
                          f"training videos of {train.csv_file} (first: {shared[0]}): the test figures "
                          "are not a result; use disjoint splits")
+
+
+VIDEO_KEY = "parent/name"  # the scheme of video_key, stored beside the keys it made
+
+
+def video_key(path: str) -> str:
+    """A video's name that survives moving the data root to another folder or machine: the
+    last two components of its path as the CSV lists it, without a video file's extension
+    (``<Class>/v_<Class>_g01_c01`` in the layouts ``scripts/build_csv.py`` reads, for a frame
+    folder and for ``<Class>/v_<Class>_g01_c01.avi`` alike). Where :func:`split_overlap` compares
+    two CSVs of one machine by resolved path, this key compares a test CSV with the videos a
+    checkpoint was pretrained on elsewhere; symbolic links are not followed, so the key is the
+    name the CSV shows."""
+    parent, name = os.path.split(os.path.normpath(os.fspath(path)))
+    stem, ext = os.path.splitext(name)
+    if ext.lower() in VIDEO_EXTENSIONS:
+        name = stem
+    return f"{os.path.basename(parent)}/{name}"
 
 
 class SkipCounting(Dataset):

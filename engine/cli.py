@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,10 +41,22 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """Reads ``@file`` argument files (``recipes/``) as shell-like lines: blank lines and
+    ``#`` comments are dropped, and a line ``--flag value`` gives two words (quotes group)."""
+
+    def convert_arg_line_to_args(self, arg_line: str) -> list[str]:
+        try:
+            return shlex.split(arg_line, comments=True)
+        except ValueError as err:  # an unclosed quote: one parser error, not a traceback
+            self.error(f"argument file line {arg_line.strip()!r}: {err}")
+
+
 def new_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` with the shared formatter; ``@file`` reads flags from a file."""
-    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
-                                   formatter_class=HelpFormatter, fromfile_prefix_chars="@")
+    """An :class:`ArgumentParser` with the shared formatter; ``@file`` reads flags from a file
+    (a flag given after it wins: argparse keeps the last value)."""
+    return ArgumentParser(prog=prog, description=description, epilog=epilog,
+                          formatter_class=HelpFormatter, fromfile_prefix_chars="@")
 
 
 # ----------------------------------------------------------------------------- flag groups
@@ -146,6 +159,10 @@ def add_backbone_args(parser: argparse.ArgumentParser, pretrained: bool) -> argp
                             "or to read a plain state dict without model_config")
     group.add_argument("--width", type=float, default=None,
                        help="channel-width multiplier with --net (1.0 when not given)")
+    group.add_argument("--allow_overlap", action="store_true",
+                       help="run even when --val_csv lists videos the --pretrained checkpoint was "
+                            "pretrained on (refused otherwise; recorded in metrics.json's protocol: "
+                            "such figures are not a result)")
     return group
 
 

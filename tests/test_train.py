@@ -82,7 +82,9 @@ def test_checkpoint_contents(straight_run):
     out, _ = straight_run
     ckpt = torch.load(out / "checkpoint_last.pth", map_location="cpu", weights_only=True)
     assert set(ckpt) == {"model", "model_config", "objective", "optimizer", "scaler", "epoch", "step",
-                         "args", "rng", "version", "checksum"}
+                         "args", "rng", "version", "checksum", "pretrain_videos"}
+    root = Path(ckpt["args"]["csv_file"]).parent.name  # what it pretrained on, without the CSV
+    assert ckpt["pretrain_videos"] == {"key": "parent/name", "videos": [f"{root}/video_{v:03d}" for v in range(8)]}
     assert ckpt["epoch"] == 2 and ckpt["step"] == 4
     assert ckpt["model_config"]["net"] == "r3d_18" and ckpt["model_config"]["cluster"] == 16
     assert all(not k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])

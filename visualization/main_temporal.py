@@ -47,6 +47,7 @@ from engine.metrics import chance_level
 from engine.probe import (
     DivergenceGuard, assert_state_unchanged, check_only_head_trains, order_accuracy, order_logits, state_snapshot,
 )
+from engine.protocol import check_pretraining_overlap, protocol_record
 from engine.supervised import train_one_epoch
 from models import RANDOM_INIT_BANNER, VideoClassifier, build_eval_backbone
 from utils import runtime
@@ -67,7 +68,9 @@ DESCRIPTION = (
 EPILOG = (
     "Outputs: args.json, log.jsonl (one line per epoch), probe_head.pt (the head's weight), "
     "metrics.json (temporal_order_acc in percent, num_val, init, skipped_videos, per-video "
-    "probabilities), cam/<index>_<video>.png and .gif.\n"
+    "probabilities, protocol: the split and the pretraining checkpoint), cam/<index>_<video>.png and "
+    ".gif. A --val_csv video the --pretrained checkpoint was pretrained on stops the run "
+    "(--allow_overlap runs anyway and records it).\n"
     "Example: python -m visualization.main_temporal --pretrained ckpt.pth "
     "--train_csv train.csv --val_csv val.csv --output_dir runs/temporal")
 
@@ -124,6 +127,7 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
     logger = RunLogger(out)
     logger.truncate_log(0)  # no resume: a rerun in the same folder starts a fresh log.jsonl
 
+    leakage = check_pretraining_overlap(args, logger.print)  # refuses test videos seen in pretraining
     backbone, described = build_eval_backbone(args.pretrained, args.net, args.width)
     if described["init"] == "random":
         logger.print(RANDOM_INIT_BANNER)
@@ -180,7 +184,8 @@ def run(args: argparse.Namespace, info: runtime.DistInfo) -> dict[str, Any]:
         "backbone_unchanged": True,  # assert_state_unchanged above raises otherwise
     }
     accuracy = metrics["temporal_order_acc"]
-    metrics.update(chance_level(accuracy, 2, len(val_set)), seq=args.seq, img_dim=args.img_dim)
+    metrics.update(chance_level(accuracy, 2, len(val_set)), seq=args.seq, img_dim=args.img_dim,
+                   protocol=protocol_record(args, "temporal_order", len(train_set), len(val_set), leakage))
     logger.print(f"temporal-order accuracy on {len(val_set)} val videos x {args.num_clips} clips "
                  f"x 2 orders: {metrics['temporal_order_acc']:.2f}% (chance 50%); "
                  f"skipped_videos={metrics['skipped_videos']}")
