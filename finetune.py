@@ -12,13 +12,14 @@ LAST epoch go to metrics.json (percent). Under DDP every rank scores a strided s
 videos and the scores are gathered, so each video counts exactly once.
 
 Outputs in --output_dir: args.json, log.jsonl (one line per epoch), TensorBoard events (tb/),
-checkpoint_last.pth (every epoch), checkpoint_NNNN.pth (every --save_every epochs and the last),
-metrics.json (top1, top5, clip_top1, train_loss / train_top1 of the last epoch, chance and at_chance
+checkpoint_last.pth (every epoch, and inside one every --checkpoint_minutes), checkpoint_NNNN.pth
+(every --save_every epochs and the last), metrics.json (top1, top5, clip_top1, train_loss / train_top1 of the last epoch, chance and at_chance
 (top-1 within two standard errors of chance, also a WARNING in the log), init, num_train, num_val,
 seq, img_dim, skipped_videos = videos replaced by
 another because of a missing or corrupt frame: skipped_videos_train over every training epoch of
 the run, skipped_videos_val in the final test, ...). Rerunning the same command continues the run
-(--resume auto). Without --pretrained the network is RANDOMLY INITIALISED (training from
+(--resume auto), from the next batch; SIGTERM or SIGUSR1 finishes the step, writes checkpoint_last.pth
+and exits with status 75 (docs/pretraining.md "Long runs"). Without --pretrained the network is RANDOMLY INITIALISED (training from
 scratch): the baseline every result is compared with (init = "random").
 A training loss that becomes non-finite or climbs far above where it started stops the run with an
 error naming the epoch (retry with a smaller --lr). --seq / --img_dim default to the --pretrained

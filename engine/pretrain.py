@@ -53,6 +53,12 @@ class StepGuard:
             )
 
 
+# log.jsonl key -> EpochResult attribute of the counters and timings after the loss parts
+_RECORDED = {"steps": "steps", "non_finite_steps": "bad_steps", "seconds": "seconds", "clips_per_s": "clips_per_s",
+             "videos_per_s": "videos_per_s", "data_wait_frac": "data_wait_frac",
+             "distinct_pseudo_labels": "distinct_pseudo_labels", "skipped_samples": "skipped_samples"}
+
+
 @dataclass
 class EpochResult:
     """Means over the epoch's finite steps (all ranks), timings and counters."""
@@ -71,30 +77,21 @@ class EpochResult:
     skipped_samples: int = 0
 
     def record(self) -> dict[str, Any]:
-        """Flat dict for ``log.jsonl``."""
+        """Flat dict for ``log.jsonl``: epoch, step, lr, loss, the loss parts, the counters."""
         rec = {"epoch": self.epoch, "step": self.step, "lr": self.lr,
                "loss": self.parts.get("total", float("nan"))}
         rec.update({k: v for k, v in self.parts.items() if k != "total"})
-        rec.update(steps=self.steps, non_finite_steps=self.bad_steps, seconds=round(self.seconds, 3),
-                   clips_per_s=self.clips_per_s, videos_per_s=self.videos_per_s,
-                   data_wait_frac=self.data_wait_frac,
-                   distinct_pseudo_labels=self.distinct_pseudo_labels,
-                   skipped_samples=self.skipped_samples)
+        rec.update({key: getattr(self, name) for key, name in _RECORDED.items()})
+        rec["seconds"] = round(self.seconds, 3)
         return rec
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> EpochResult:
         """The epoch a ``log.jsonl`` line (:meth:`record`) describes."""
-        fixed = {"epoch", "step", "lr", "loss", "steps", "non_finite_steps", "seconds", "clips_per_s",
-                 "videos_per_s", "data_wait_frac", "distinct_pseudo_labels", "skipped_samples"}
+        fixed = {"epoch", "step", "lr", "loss", *_RECORDED}
         parts = {"total": record["loss"], **{k: v for k, v in record.items() if k not in fixed}}
-        return cls(epoch=record["epoch"], step=record["step"], lr=record["lr"], parts=parts,
-                   steps=record.get("steps", 0), bad_steps=record.get("non_finite_steps", 0),
-                   seconds=record.get("seconds", 0.0), clips_per_s=record.get("clips_per_s", 0.0),
-                   videos_per_s=record.get("videos_per_s", 0.0),
-                   data_wait_frac=record.get("data_wait_frac", 0.0),
-                   distinct_pseudo_labels=record.get("distinct_pseudo_labels", 0),
-                   skipped_samples=record.get("skipped_samples", 0))
+        counters = {name: record[key] for key, name in _RECORDED.items() if key in record}
+        return cls(epoch=record["epoch"], step=record["step"], lr=record["lr"], parts=parts, **counters)
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

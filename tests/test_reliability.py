@@ -210,18 +210,22 @@ def test_failing_rank_makes_the_other_exit_without_hanging(videos, tmp_path):
 
 # --------------------------------------------------------------------------- torchrun restart
 def test_torchrun_max_restarts_with_resume_auto_recovers(videos, tmp_path):
-    # The first attempt dies in epoch 1 (after epoch 0's checkpoint); torchrun restarts the worker,
-    # which resumes from checkpoint_last.pth (--resume auto is the default) and finishes.
-    script = wrapper_script(tmp_path, "os.environ.get('TORCHELASTIC_RESTART_COUNT') == '0' and epoch == 1")
+    # Rank 1 of 2 dies at its 6th step (epoch 1, after the checkpoint written inside the epoch
+    # after step 5); torchrun restarts both workers, which resume from checkpoint_last.pth
+    # (--resume auto is the default) at batch 1 of epoch 1 and finish.
+    script = wrapper_script(tmp_path, "os.environ.get('TORCHELASTIC_RESTART_COUNT') == '0' and "
+                                      "os.environ.get('RANK') == '1' and calls == 6")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--max-restarts", "1",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "1",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", str(script),
-           *tiny_argv(videos, out, "--epoch", "2", "--split", "1")]
-    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=150)
+           *tiny_argv(videos, out, "--epoch", "2", "--split", "1", "--train_batch", "1", "--checkpoint_steps", "1",
+                      "--no_progress")]
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "injected failure" in done.stderr and "resumed from" in done.stdout
+    assert "injected failure" in done.stderr
+    assert "resumed from" in done.stdout and "epoch 1, batch 1 of the epoch, step 5" in done.stdout, done.stdout[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epochs_done"] == 2
+    assert metrics["epochs_done"] == 2 and metrics["world_size"] == 2
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0, 1]
 
 
