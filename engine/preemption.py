@@ -8,6 +8,7 @@ rank takes the same decision after the same step.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -29,11 +30,22 @@ class Preempted(Exception):
     """A preemption signal arrived; the run wrote its checkpoint and stops with :data:`EXIT_REQUEUE`."""
 
 
+WORKER_GRACE_S = 60.0  # a DataLoader worker sent SIGTERM exits (status 0) after this long
+
+
+def _leave_later(signum: int, frame: FrameType | None) -> None:
+    timer = threading.Timer(WORKER_GRACE_S, os._exit, (0,))
+    timer.daemon = True
+    timer.start()
+
+
 def ignore_signals_in_worker() -> None:
     """In a DataLoader worker: leave :data:`SIGNALS` to the main process, which finishes its step
-    and shuts the workers down itself (a worker killed first would fail the step)."""
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    and shuts the workers down itself (a worker killed first would fail the step). SIGUSR1 is
+    ignored; SIGTERM (which a scheduler sends to every process, and the DataLoader to a worker that
+    does not stop) ends the worker quietly after :data:`WORKER_GRACE_S` seconds."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _leave_later)
 
 
 class RunControl:

@@ -108,6 +108,7 @@ class EpochTally:
     bad_steps: int = 0
     skipped: int = 0  # corrupt videos replaced by others
     seconds: float = 0.0  # wall time of the attempts that were checkpointed
+    data_wait: float = 0.0  # of it, waiting for data
     keys: list[str] | None = None  # the loss parts summed in ``sums``
     sums: torch.Tensor | None = None
     label_counts: torch.Tensor | None = None
@@ -117,7 +118,8 @@ class EpochTally:
         cpu = {k: None if v is None else v.detach().cpu() for k, v in
                (("sums", self.sums), ("label_counts", self.label_counts))}
         return {"batches": self.batches, "good_steps": self.good_steps, "bad_steps": self.bad_steps,
-                "skipped": self.skipped, "seconds": self.seconds, "keys": self.keys, **cpu}
+                "skipped": self.skipped, "seconds": self.seconds, "data_wait": self.data_wait,
+                "keys": self.keys, **cpu}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochTally:
@@ -125,7 +127,8 @@ class EpochTally:
         on = {k: None if state.get(k) is None else state[k].to(device) for k in ("sums", "label_counts")}
         return cls(batches=int(state["batches"]), good_steps=int(state["good_steps"]),
                    bad_steps=int(state["bad_steps"]), skipped=int(state["skipped"]),
-                   seconds=float(state["seconds"]), keys=state.get("keys"), **on)
+                   seconds=float(state["seconds"]), data_wait=float(state.get("data_wait", 0.0)),
+                   keys=state.get("keys"), **on)
 
 
 def train_one_epoch(
@@ -235,6 +238,7 @@ def train_one_epoch(
         n_bad, *summed, loss_value, gnorm = flags.tolist()  # the one host sync of the step
         save, stop = RunControl.agreed(summed)
         if n_bad > 0:
+            save = stop  # the step count did not advance: a checkpoint asked for now comes at the next step
             optimizer.zero_grad(set_to_none=True)
             objective.load_state_dict(queue_before)
             with torch.no_grad():
@@ -277,7 +281,8 @@ def train_one_epoch(
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2g}", refresh=False)
                 win_wait, win_time, win_steps = 0.0, 0.0, 0
         if checkpoint is not None and (stop or (save and tally.batches < steps_total)):
-            tally_now = EpochTally(**{**vars(tally), "seconds": tally.seconds + time.perf_counter() - t_epoch})
+            tally_now = EpochTally(**{**vars(tally), "seconds": tally.seconds + time.perf_counter() - t_epoch,
+                                      "data_wait": tally.data_wait + data_wait})
             checkpoint(tally_now, step)
             if control is not None:
                 control.saved(step)
@@ -301,7 +306,7 @@ def train_one_epoch(
     videos = tally.good_steps * batch_videos
     res.videos_per_s = videos / seconds if seconds > 0 else 0.0
     res.clips_per_s = res.videos_per_s * num_clips
-    res.data_wait_frac = data_wait / seconds if seconds > 0 else 0.0
+    res.data_wait_frac = (tally.data_wait + data_wait) / seconds if seconds > 0 else 0.0
     return res
 
 

@@ -36,19 +36,24 @@ def _abs(path: str | None) -> str | None:
 
 def read_pretraining(path: str | None) -> tuple[dict[str, Any], list[str] | None]:
     """The protocol's ``pretrained`` entry for the ``--pretrained`` checkpoint ``path``
-    (``checkpoint``, ``epoch`` = epochs it holds, ``train_csv`` = its pretraining CSV, ``run`` =
-    its folder; all None without a checkpoint: random init), and the video keys it was pretrained
+    (``checkpoint``, ``epoch`` = complete epochs it holds, ``batches_into_next_epoch`` = the
+    batches of the next one for a checkpoint written inside an epoch (else 0), ``train_csv`` = its
+    pretraining CSV, ``run`` = its folder; all None without a checkpoint: random init), and the
+    video keys it was pretrained
     on (None when it does not list them: a plain state dict, a ``finetune.py`` checkpoint, an older
     file)."""
     if path is None:
-        return {"checkpoint": None, "epoch": None, "train_csv": None, "run": None}, None
+        return {"checkpoint": None, "epoch": None, "batches_into_next_epoch": None, "train_csv": None,
+                "run": None}, None
     try:
         ckpt = load_checkpoint(path, map_location="cpu")
     except CheckpointError as err:  # worded as the backbone loader words it (models.loading)
         raise BackboneLoadError(f"{path}: not a readable weights-only checkpoint ({err})") from err
     args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     epoch = ckpt.get("epoch")
+    progress = ckpt.get("epoch_progress") if isinstance(ckpt.get("epoch_progress"), dict) else {}
     described = {"checkpoint": _abs(path), "epoch": epoch if isinstance(epoch, int) else None,
+                 "batches_into_next_epoch": int(progress.get("batches", 0)),
                  "train_csv": args.get("csv_file"), "run": os.path.dirname(_abs(path))}
     record = ckpt.get(PRETRAIN_VIDEOS)
     if isinstance(record, dict) and record.get("key") == VIDEO_KEY and isinstance(record.get("videos"), list):

@@ -8,7 +8,8 @@
 # --max-restarts 3 + --resume auto: if a worker crashes, torchrun restarts all workers and they
 # continue from checkpoint_last.pth, written at least every --checkpoint_minutes (15) inside an
 # epoch. Rerunning the script after the machine went down does the same; SIGTERM to torchrun makes
-# train.py checkpoint after its current step and stop (status 75).
+# train.py checkpoint after its current step and stop (train.py exits 75; torchrun reports the
+# signal as a failure).
 set -euo pipefail
 
 RECIPE=${1:-k400}

@@ -110,6 +110,8 @@ def pretrained_cell(protocol: dict[str, Any]) -> str:
         return "**random init**"
     where = f"{os.path.basename(pre.get('run') or '')}/{os.path.basename(pre['checkpoint'])}"
     epochs = f", {pre['epoch']} epochs" if pre.get("epoch") is not None else ""
+    if pre.get("batches_into_next_epoch"):
+        epochs += f" + {pre['batches_into_next_epoch']} batches"
     data = f", on {os.path.basename(pre['train_csv'])}" if pre.get("train_csv") else ", data not recorded"
     return where + epochs + data
 

@@ -289,30 +289,49 @@ def test_long_run_flags_are_checked(flags, message, videos, tmp_path, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_preemption_signals_are_left_to_the_main_process_in_dataloader_workers():
-    from engine.loader import _init_worker
-
-    code = ("import signal, sys; sys.path.insert(0, %r); from engine.loader import _init_worker; "
-            "_init_worker(0); print(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, "
-            "signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN)" % str(REPO))
-    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=60)
-    assert printed.stdout.split() == ["True", "True"], printed.stderr
-    assert callable(_init_worker) and os.name == "posix"
+def test_dataloader_workers_leave_preemption_signals_to_their_process():
+    """A worker ignores SIGUSR1 and survives a SIGTERM for the grace time (its process finishes
+    the step meanwhile), then exits with status 0 (which the DataLoader does not count as a
+    failure)."""
+    code = textwrap.dedent(f"""
+        import os, signal, sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        import engine.preemption as preemption
+        from engine.loader import _init_worker
+        preemption.WORKER_GRACE_S = 1.0
+        _init_worker(0)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("alive after both", flush=True)
+        time.sleep(30)
+        print("still alive")
+    """)
+    start = time.time()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=60)
+    assert done.returncode == 0 and done.stdout.split("\n")[0] == "alive after both", done.stderr
+    assert "still alive" not in done.stdout and time.time() - start < 20
 
 
 def test_the_slurm_script_checkpoints_and_requeues_itself_on_its_time_limit_notice(videos, tmp_path):
-    """scripts/slurm/pretrain_k400.sh with stand-ins for srun and scontrol: SIGUSR1 to the batch
-    script (what ``--signal=B:USR1@180`` sends) ends in a checkpoint inside the epoch and one
-    ``scontrol requeue``; the requeued job (the same script) finishes the run."""
+    """scripts/slurm/pretrain_k400.sh with stand-ins for srun, scancel and scontrol: SIGUSR1 to
+    the batch script (what ``--signal=B:USR1@180`` sends) ends in a checkpoint inside the epoch and
+    one ``scontrol requeue``; the requeued job (the same script) finishes the run. The stand-in
+    srun does what srun does with a SIGTERM of its own, SIGKILL its task, so the test fails if
+    the script signals train.py through srun; scancel signals the step's task."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\nexec "$@"\n')
+    (bin_dir / "srun").write_text(
+        '#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n"$@" &\ntask=$!\necho $task > "$STEP_PID"\n'
+        'trap \'kill -KILL $task\' TERM\nwait $task; wait $task\n')
+    (bin_dir / "scancel").write_text('#!/bin/bash\necho scancel "$@" >> "$SCONTROL_LOG"\n'
+                                     'kill -TERM "$(cat "$STEP_PID")"\n')
     (bin_dir / "scontrol").write_text('#!/bin/bash\nif [[ $1 == show ]]; then echo 127.0.0.1; '
                                       'else echo "$@" >> "$SCONTROL_LOG"; fi\n')
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     out, calls = tmp_path / "run", tmp_path / "scontrol.log"
     job_env = {**env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "SCONTROL_LOG": str(calls), "SLURM_JOB_ID": "42",
+               "STEP_PID": str(tmp_path / "step.pid"),
                "SLURM_NNODES": "1", "GPUS_PER_NODE": "1", "GLOBAL_BATCH": "2", "WORKERS": "0",
                "PYTHON": sys.executable, "PORT": str(free_port()), "CSV": str(videos), "OUT": str(out)}
     tiny = ["--width", "0.125", "--seq", "8", "--img_dim", "32", "--cluster", "16", "--channel", "32",
@@ -328,10 +347,42 @@ def test_the_slurm_script_checkpoints_and_requeues_itself_on_its_time_limit_noti
     printed, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, printed[-3000:]
     assert "SIGUSR1: asking train.py to checkpoint and stop" in printed and "requeueing job 42" in printed
-    assert calls.read_text().split() == ["requeue", "42"]
+    assert calls.read_text().split() == ["scancel", "--signal=TERM", "42", "requeue", "42"]
     assert torch.load(out / "checkpoint_last.pth", weights_only=True).get("epoch_progress"), printed[-3000:]
     requeued = subprocess.run(job, cwd=REPO, env=job_env, capture_output=True, text=True, timeout=300)
     assert requeued.returncode == 0, requeued.stdout[-3000:] + requeued.stderr[-3000:]
     assert "batch" in requeued.stdout.split("resumed from")[1].split("\n")[0]
     assert json.loads((out / "metrics.json").read_text())["epochs_done"] == 3
-    assert calls.read_text().split() == ["requeue", "42"]
+    assert calls.read_text().split() == ["scancel", "--signal=TERM", "42", "requeue", "42"]
+
+
+def test_cpu_sync_batchnorm_in_one_process_group_is_torch_batchnorm_and_runs_under_bf16():
+    """The synchronised twin, in a gloo group of one process, against torch's BatchNorm: the same
+    output, input gradient and running statistics (float32), and a bf16 input keeps its dtype
+    with float32 statistics."""
+    code = textwrap.dedent(f"""
+        import sys, torch, torch.distributed as dist
+        sys.path.insert(0, {str(REPO)!r})
+        from utils.cpu_sync_batchnorm import convert_cpu_sync_batchnorm
+        from utils.runtime import free_port
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{free_port()}}", rank=0, world_size=1)
+        torch.manual_seed(0)
+        plain = torch.nn.Sequential(torch.nn.BatchNorm3d(4))
+        plain[0].weight.data.uniform_(0.5, 1.5); plain[0].bias.data.normal_()
+        synced = convert_cpu_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm3d(4)))
+        synced.load_state_dict(plain.state_dict())
+        x = torch.randn(3, 4, 2, 5, 5) * 3 + 1
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = plain(a), synced(b)
+        (ya * ya.detach().sin()).sum().backward(); (yb * yb.detach().sin()).sum().backward()
+        assert type(synced[0]).__name__ == "CpuSyncBatchNorm3d" and isinstance(synced[0], torch.nn.BatchNorm3d)
+        assert torch.allclose(ya, yb, atol=1e-5) and torch.allclose(a.grad, b.grad, atol=1e-5)
+        for key, value in plain.state_dict().items():
+            assert torch.allclose(value.float(), synced.state_dict()[key].float(), atol=1e-6), key
+        out = synced(x.bfloat16())
+        assert out.dtype == torch.bfloat16 and synced[0].running_mean.dtype == torch.float32
+        dist.destroy_process_group()
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -119,8 +119,8 @@ def test_a_disjoint_split_records_the_whole_protocol(
         "mode": mode, "split": "train.csv -> val.csv",
         "train_csv": setup["train1"], "val_csv": setup["test1"],
         "num_train": 12, "num_test": 4, "clips": 2, "crops": 1,
-        "pretrained": {"checkpoint": setup["ckpt"], "epoch": 1, "train_csv": setup["pretrain"],
-                       "run": setup["run"]},
+        "pretrained": {"checkpoint": setup["ckpt"], "epoch": 1, "batches_into_next_epoch": 0,
+                       "train_csv": setup["pretrain"], "run": setup["run"]},
         "allow_overlap": False, "pretrain_overlap": {"checked": True, "videos": 0, "example": None},
         "warnings": []}
 
@@ -153,7 +153,8 @@ def test_random_init_has_nothing_to_check(setup: dict[str, str], tmp_path: Path)
     argv = _argv(setup, 2, tmp_path / "random", "--epochs", "0", "--knn", "2")
     metrics = eval_linear.main(["--net", "r3d_18", "--width", "0.125", *argv[2:]])
     protocol = metrics["protocol"]
-    assert protocol["pretrained"] == {"checkpoint": None, "epoch": None, "train_csv": None, "run": None}
+    assert protocol["pretrained"] == {"checkpoint": None, "epoch": None, "batches_into_next_epoch": None,
+                                      "train_csv": None, "run": None}
     assert protocol["pretrain_overlap"]["checked"] is True and protocol["warnings"] == []
 
 

@@ -27,6 +27,7 @@ class _SyncedOverRanks:
         if not (self.training and dist_utils.is_distributed()):
             return super().forward(x)  # type: ignore[misc]
         self._check_input_dim(x)  # type: ignore[attr-defined]
+        dtype, x = x.dtype, x.float()  # statistics in float32 under autocast too, as torch's BatchNorm
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = torch.tensor([x.numel() // x.shape[1]], dtype=torch.float64)
@@ -45,7 +46,7 @@ class _SyncedOverRanks:
         y = centred * torch.rsqrt(var + self.eps).reshape(shape)  # type: ignore[attr-defined]
         if self.affine:  # type: ignore[attr-defined]
             y = y * self.weight.reshape(shape) + self.bias.reshape(shape)  # type: ignore[attr-defined]
-        return y
+        return y.to(dtype)
 
 
 class CpuSyncBatchNorm1d(_SyncedOverRanks, nn.BatchNorm1d):

@@ -110,13 +110,14 @@ def init_distributed(device_flag: str = "auto", timeout_s: float = 1800) -> Dist
         if device.type == "cuda":
             # Make a failed/stuck collective raise after the timeout instead of hanging.
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-        dist.init_process_group(
-            backend=backend,
-            init_method="env://",
-            world_size=world_size,
-            rank=rank,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store, rank, world_size = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+        # torchrun keeps one store across the restarts of --max-restarts: the keys of every
+        # attempt go under their own prefix, so that a restarted rank never reads the address a
+        # dead rank of an earlier attempt published (gloo: "connectFullMesh ... Connection refused")
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt_{attempt}/", store),
+                                world_size=world_size, rank=rank, timeout=timeout)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 

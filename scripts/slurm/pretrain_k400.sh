@@ -8,12 +8,12 @@
 #
 # One torchrun per node (srun --ntasks-per-node 1); torchrun starts one train.py per GPU and joins
 # the nodes through a c10d rendezvous on the first node. Recovery, without anyone watching:
-#   - time limit: --signal sends SIGUSR1 to this script 3 minutes before it; the script passes
-#     SIGTERM to srun, which forwards it to every torchrun, which forwards it to its train.py
-#     processes: they finish their step, rank 0 writes checkpoint_last.pth (inside the epoch), all
-#     exit (status 75, "requeue me"), and the script requeues the job (scontrol requeue);
-#   - preemption: the scheduler's SIGTERM reaches train.py the same way (directly or through
-#     this script), with the same outcome; with --requeue the scheduler requeues it itself;
+#   - time limit: --signal sends SIGUSR1 to this script 3 minutes before it; the script sends
+#     SIGTERM to the job's steps (scancel --signal=TERM): every train.py finishes its step, rank 0
+#     writes checkpoint_last.pth (inside the epoch), all exit (status 75, "requeue me"), torchrun
+#     waiting up to --shutdown_timeout for them, and the script requeues the job (scontrol requeue);
+#   - preemption with a notice (a SIGTERM or SIGUSR1 that reaches train.py or this script first):
+#     the same; a preemption that kills at once loses what a kill loses (below);
 #   - a crashed worker: torchrun restarts all workers (--max-restarts), train.py continues from
 #     checkpoint_last.pth (--resume auto);
 #   - a kill without warning (node failure): checkpoint_last.pth is at most --checkpoint_minutes
@@ -54,11 +54,18 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 
 echo "$(date) job ${SLURM_JOB_ID:-local} restart ${SLURM_RESTART_COUNT:-0}: $NNODES node(s) x $GPUS_PER_NODE GPU(s), head $HEAD"
 
-notice=""
+notice="" srun_pid=""
 on_notice() {  # the time limit is near, or the job is being preempted: checkpoint, then requeue
   notice=$1
   echo "$(date) $notice: asking train.py to checkpoint and stop"
-  kill -TERM "$srun_pid" 2>/dev/null || true
+  # SIGTERM to every process of the job's steps, not to this script and not through srun (srun
+  # turns a SIGTERM of its own into SIGKILL of its tasks). train.py finishes its step, writes
+  # checkpoint_last.pth and exits 75; torchrun waits --shutdown_timeout seconds for that.
+  if [[ -n "${SLURM_JOB_ID:-}" ]]; then
+    scancel --signal=TERM "$SLURM_JOB_ID" || true
+  elif [[ -n "$srun_pid" ]]; then
+    kill -TERM "$srun_pid" 2>/dev/null || true
+  fi
 }
 trap 'on_notice SIGUSR1' USR1
 trap 'on_notice SIGTERM' TERM
@@ -66,7 +73,7 @@ trap 'on_notice SIGTERM' TERM
 srun --kill-on-bad-exit=1 "$PYTHON" -m torch.distributed.run \
   --nnodes="$NNODES" --nproc_per_node="$GPUS_PER_NODE" \
   --rdzv_id="${SLURM_JOB_ID:-mlv}" --rdzv_backend=c10d --rdzv_endpoint="$HEAD:$PORT" \
-  --max-restarts=3 \
+  --max-restarts=3 --shutdown_timeout=150 \
   train.py \
     --csv_file "$CSV" --output_dir "$OUT" --resume auto \
     --net r3d_18 --seq 16 --sample 2 --img_dim 112 --rate 3.0 \
@@ -79,11 +86,14 @@ srun_pid=$!
 status=0
 wait "$srun_pid" || status=$?
 while kill -0 "$srun_pid" 2>/dev/null; do  # a trap interrupted wait: wait for the checkpoint
+  status=0
   wait "$srun_pid" || status=$?
 done
-if [[ -n "$notice" ]]; then
+if [[ -n "$notice" && ! -f "$OUT/metrics.json" ]]; then  # metrics.json: the run finished anyway
   echo "$(date) stopped after $notice (status $status): requeueing job ${SLURM_JOB_ID:-local}"
-  scontrol requeue "${SLURM_JOB_ID}" || true  # already requeued by a preemption: nothing to do
+  if [[ -n "${SLURM_JOB_ID:-}" ]]; then
+    scontrol requeue "$SLURM_JOB_ID" || true  # already requeued by a preemption: nothing to do
+  fi
   exit 0
 fi
 exit "$status"
